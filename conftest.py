@@ -12,7 +12,6 @@ from pathlib import Path
 from pruning_utils.config import SMOKE_ENV
 
 os.environ.setdefault(SMOKE_ENV, "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 _SANITIZE = Path(__file__).parent / "notebooks" / "nbval_sanitize.cfg"
 
