@@ -17,8 +17,91 @@ from pruning_utils.config import (
 from pruning_utils.data import load_dataset, make_loader, train_val_split
 
 # --- linalg ---
+from pruning_utils.linalg import (
+    PCAResult,
+    break_even_rank,
+    conv2d_as_matmul,
+    conv_break_even_rank,
+    conv_weight_matrix,
+    dkm_error_bound,
+    dkm_expected_error,
+    energy_kept,
+    hmt_error_bound,
+    interpolative_decomposition,
+    low_rank_factors,
+    pca,
+    randomized_matmul,
+    randomized_range_finder,
+    randomized_svd,
+    rank_for_energy,
+    sampling_probabilities,
+    truncated_svd,
+    whitened_low_rank_factors,
+)
+
 # --- layers ---
+from pruning_utils.layers import (
+    PROBABILITY_RULES,
+    LowRankConv2d,
+    LowRankLinear,
+    RandomizedConv2d,
+    RandomizedLinear,
+    SpatialLowRankConv2d,
+    spatial_weight_matrix,
+)
+
 # --- surgery ---
+from pruning_utils.surgery import (
+    PCA_METHODS,
+    SCHEMES,
+    LayerChange,
+    PruningReport,
+    fold_batchnorm,
+    load_pruned,
+    low_rank,
+    pca_prune,
+    randomize,
+    save_pruned,
+)
+
 # --- harness ---
+from pruning_utils.baselines import l1_structured_prune, magnitude_prune
+from pruning_utils.bench import (
+    LatencyResult,
+    break_even_report,
+    compare_latency,
+    count_flops,
+    count_params,
+    measure_latency,
+)
+from pruning_utils.models import (
+    MLP,
+    MODEL_NAMES,
+    LargeMLP,
+    LeNet5,
+    SimpleMLP,
+    SmallCNN,
+    build_model,
+)
+from pruning_utils.plots import (
+    DENSE_COLOR,
+    PALETTE,
+    PRUNED_COLOR,
+    axis_label,
+    method_color,
+    plot_pareto,
+    plot_spectrum,
+    plot_sweep,
+    set_style,
+)
+from pruning_utils.sweeps import METHODS, MethodSpec, summarize, sweep
+from pruning_utils.train import (
+    TrainHistory,
+    evaluate,
+    fine_tune,
+    train,
+    train_or_load,
+    weights_path,
+)
 
 __version__ = "0.1.0"

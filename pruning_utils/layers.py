@@ -1,0 +1,1000 @@
+"""Neural-network layers built from matrix factors.
+
+Every class here replaces one dense layer by a cheaper computation of (approximately) the
+same map, and keeps the math visible:
+
+=========================  ==========================================================
+``LowRankLinear``          ``y = A (B x) + b`` with ``W ≈ A @ B``, ``A`` (m×r), ``B`` (r×n)
+``LowRankConv2d``          k_h×k_w conv to ``r`` channels, then a 1×1 conv (Denton et al.)
+``SpatialLowRankConv2d``   k_h×1 conv to ``r`` channels, then a 1×k_w conv (Jaderberg et al.)
+``RandomizedLinear``       sampled product ``x Wᵀ ≈ (1/c) Σ_t x_{:,i_t} W_{:,i_t}ᵀ / p_{i_t}``
+``RandomizedConv2d``       the same sampled product on the im2col form of a convolution
+=========================  ==========================================================
+
+The factorizations come from :mod:`pruning_utils.linalg`; this module only turns factors
+into ``nn.Module`` objects. Shapes follow PyTorch: ``W`` is ``out_features × in_features``.
+Factors are computed in float64 by :func:`~pruning_utils.linalg.low_rank_factors` with its
+default ``method="auto"``: the exact truncated SVD, except for a small rank of a large matrix
+(``min(m, n) ≥ 256``), where a randomized SVD within about 1 % of the Eckart–Young optimum
+is faster.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from pruning_utils.linalg import (
+    _check_count,
+    _check_finite,
+    _check_fraction,
+    _check_matrix,
+    _check_rank,
+    _is_int,
+    _one_of_rank_energy,
+    conv_weight_matrix,
+    low_rank_factors,
+    sampling_probabilities,
+    whitened_low_rank_factors,
+)
+
+__all__ = [
+    "LowRankLinear",
+    "LowRankConv2d",
+    "SpatialLowRankConv2d",
+    "RandomizedLinear",
+    "RandomizedConv2d",
+    "PROBABILITY_RULES",
+    "spatial_weight_matrix",
+]
+
+#: The sampling rules understood by :class:`RandomizedLinear` and :class:`RandomizedConv2d`.
+PROBABILITY_RULES: tuple[str, ...] = ("batch", "weights")
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+IntPair = int | tuple[int, int]
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+
+
+def _check_module(name: str, module: object, kind: type[nn.Module]) -> None:
+    if not isinstance(module, kind):
+        raise TypeError(f"{name} must be an nn.{kind.__name__}, got {type(module).__name__}")
+
+
+def _check_ungrouped(name: str, conv: nn.Conv2d) -> None:
+    if conv.groups != 1:
+        raise ValueError(
+            f"{name} must be an ungrouped convolution (groups=1), got groups={conv.groups}; "
+            "a grouped kernel is block-diagonal and is not factorized as one matrix"
+        )
+
+
+def _check_padding_mode(padding_mode: str) -> str:
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(
+            f"padding_mode must be one of {list(_PADDING_MODES)}, got {padding_mode!r}"
+        )
+    return padding_mode
+
+
+def _check_padding(padding: str | IntPair) -> str | tuple[int, int]:
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
+        return padding
+    pair = _pair(padding)
+    if len(pair) != 2 or not all(_is_int(p) and p >= 0 for p in pair):
+        raise ValueError(f"padding must be 'same', 'valid' or non-negative ints, got {padding!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+def _check_pair(name: str, value: IntPair) -> tuple[int, int]:
+    pair = _pair(value)
+    if len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+def _seed_from(generator: torch.Generator | int | None) -> int:
+    """A seed for a layer's private generator.
+
+    ``int``: that seed; ``torch.Generator``: a seed drawn from it (so a seeded generator
+    makes the layer reproducible); ``None``: a seed drawn from torch's global generator,
+    like the default initialisation of ``nn.Linear``.
+    """
+    if generator is None:
+        return int(torch.randint(0, 2**62, (1,)).item())
+    if isinstance(generator, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    if _is_int(generator):
+        if not 0 <= generator < 2**63:
+            raise ValueError(f"generator as a seed must be an int in [0, 2**63), got {generator}")
+        return int(generator)
+    raise TypeError(
+        f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}"
+    )
+
+
+def _check_rule(probabilities: str) -> str:
+    if probabilities not in PROBABILITY_RULES:
+        raise ValueError(
+            f"probabilities must be one of {list(PROBABILITY_RULES)}, got {probabilities!r}"
+        )
+    return probabilities
+
+
+def _factor_rank(
+    rank: int | None, energy: float | None, upper: int
+) -> tuple[int | None, float | None]:
+    """Validate the (rank, energy) pair of a single-layer factorization."""
+    _one_of_rank_energy(rank, energy)
+    if rank is not None:
+        rank = _check_rank("rank", rank, upper)
+    else:
+        energy = _check_fraction("energy", energy)
+    return rank, energy
+
+
+def spatial_weight_matrix(weight: Tensor) -> Tensor:
+    """Rearrange a conv kernel for spatial (Jaderberg) separation.
+
+    ``M[(c, y), (f, x)] = K[f, c, y, x]``: a ``(C_in·k_h) × (C_out·k_w)`` matrix. A rank-r
+    factorization ``M ≈ V @ H`` with ``V`` ((C_in·k_h)×r) and ``H`` (r×(C_out·k_w)) is a
+    k_h×1 convolution C_in → r (filters ``V``) followed by a 1×k_w convolution r → C_out
+    (filters ``H``). Exact at rank ``min(C_in·k_h, C_out·k_w)``.
+
+    Parameters
+    ----------
+    weight:
+        Kernel of shape ``(C_out, C_in, k_h, k_w)``.
+
+    Returns
+    -------
+    Tensor
+        The ``(C_in·k_h) × (C_out·k_w)`` matrix.
+    """
+    if not isinstance(weight, Tensor) or weight.ndim != 4:
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 4-D conv kernel (C_out, C_in, k_h, k_w), got {shape}")
+    f, c, kh, kw = weight.shape
+    return weight.permute(1, 2, 0, 3).reshape(c * kh, f * kw)
+
+
+def _resolve_padding(
+    padding: str | tuple[int, int], kernel_size: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Explicit ``(left, right, top, bottom)`` padding for ``F.pad``, as ``nn.Conv2d`` pads."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        pads = []
+        for k, d in ((kernel_size[1], dilation[1]), (kernel_size[0], dilation[0])):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)  # type: ignore[return-value]
+    ph, pw = padding  # type: ignore[misc]
+    return (pw, pw, ph, ph)
+
+
+# ---------------------------------------------------------------------------
+# low rank
+# ---------------------------------------------------------------------------
+
+
+class LowRankLinear(nn.Module):
+    """A linear layer through an ``r``-dimensional bottleneck: ``y = A (B x) + b``.
+
+    The dense layer ``y = W x + b`` with ``W`` (m×n) is replaced by ``W ≈ A @ B``, ``A``
+    (m×r), ``B`` (r×n): ``first`` is ``nn.Linear(n, r, bias=False)`` holding ``B`` and
+    ``second`` is ``nn.Linear(r, m)`` holding ``A`` and the bias. Parameters and
+    multiply-adds per input drop from ``mn`` to ``r(m + n)``, a saving only when
+    ``r < r* = mn / (m + n)`` (:func:`pruning_utils.linalg.break_even_rank`).
+
+    Parameters
+    ----------
+    in_features, out_features:
+        ``n`` and ``m``.
+    rank:
+        ``r``, an int in ``[1, min(m, n)]``.
+    bias:
+        Whether ``second`` has a bias.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        in_features = _check_count("in_features", in_features)
+        out_features = _check_count("out_features", out_features)
+        rank = _check_rank("rank", rank, min(in_features, out_features))
+        kw = {"device": device, "dtype": dtype}
+        self.first = nn.Linear(in_features, rank, bias=False, **kw)
+        self.second = nn.Linear(rank, out_features, bias=bool(bias), **kw)
+
+    @property
+    def rank(self) -> int:
+        """The bottleneck width ``r``."""
+        return self.first.out_features
+
+    @property
+    def in_features(self) -> int:
+        return self.first.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.second.out_features
+
+    def weight_product(self) -> Tensor:
+        """The rank-r matrix ``A @ B`` (m×n) that this layer applies."""
+        return self.second.weight @ self.first.weight
+
+    @classmethod
+    def from_factors(cls, A: Tensor, B: Tensor, bias: Tensor | None = None) -> LowRankLinear:
+        """Build ``y = A (B x) + bias`` from given factors.
+
+        Parameters
+        ----------
+        A:
+            ``m × r`` (stored in ``second.weight``), ``r ≤ min(m, n)``.
+        B:
+            ``r × n`` (stored in ``first.weight``).
+        bias:
+            Length-``m`` vector or ``None``.
+
+        Returns
+        -------
+        LowRankLinear
+            On A's device and dtype.
+        """
+        A = _check_matrix("A", A)
+        B = _check_matrix("B", B)
+        if A.shape[1] != B.shape[0]:
+            raise ValueError(
+                f"A (m×r) and B (r×n) must share r, got A {tuple(A.shape)} and B {tuple(B.shape)}"
+            )
+        m, r = A.shape
+        n = B.shape[1]
+        if bias is not None:
+            if not isinstance(bias, Tensor) or bias.shape != (m,):
+                got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
+                raise ValueError(f"bias must be a tensor of shape ({m},), got {got}")
+            _check_finite("bias", bias)
+        layer = cls(n, m, r, bias=bias is not None, device=A.device, dtype=A.dtype)
+        with torch.no_grad():
+            layer.first.weight.copy_(B)
+            layer.second.weight.copy_(A)
+            if bias is not None:
+                layer.second.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        rank: int | None = None,
+        energy: float | None = None,
+        *,
+        data: Tensor | None = None,
+    ) -> LowRankLinear:
+        """Factorize a trained ``nn.Linear`` by truncated SVD.
+
+        Without ``data``: ``W ≈ A @ B = U_r Σ_r V_rᵀ``, the best rank-r approximation in every
+        unitarily invariant norm (Eckart–Young–Mirsky). With ``data`` (calibration inputs
+        ``X``, N×n): the data-aware factors of
+        :func:`pruning_utils.linalg.whitened_low_rank_factors`, which minimise the output error
+        ``‖(W − AB) Xᵀ‖_F`` instead of the weight error. The bias is kept unchanged.
+
+        Parameters
+        ----------
+        linear:
+            The layer to factorize (left untouched).
+        rank:
+            ``r`` in ``[1, min(m, n)]``; give exactly one of ``rank`` and ``energy``.
+        energy:
+            Fraction in ``(0, 1]`` of ``Σσ²`` to keep; ``r`` is the smallest rank reaching it.
+        data:
+            Optional calibration inputs, shape ``(N, in_features)`` (leading dims are
+            flattened: ``(..., in_features)``).
+
+        Returns
+        -------
+        LowRankLinear
+            On the layer's device and dtype; factors computed in float64.
+        """
+        _check_module("linear", linear, nn.Linear)
+        W = linear.weight.detach()
+        _check_finite("linear.weight", W)
+        m, n = W.shape
+        rank, energy = _factor_rank(rank, energy, min(m, n))
+        if data is None:
+            A, B = low_rank_factors(W, rank=rank, energy=energy)
+        else:
+            X = _linear_inputs("data", data, n)
+            A, B = whitened_low_rank_factors(W, X.to(W), rank=rank, energy=energy)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls.from_factors(A.to(W), B.to(W), bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, bias={self.second.bias is not None}"
+        )
+
+
+def _linear_inputs(name: str, data: Tensor, in_features: int) -> Tensor:
+    """Calibration inputs of a Linear layer as an ``N × in_features`` matrix."""
+    if not isinstance(data, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(data).__name__}")
+    if data.ndim < 1 or data.shape[-1] != in_features:
+        raise ValueError(
+            f"{name} must have in_features={in_features} features in its last dimension, "
+            f"got shape {tuple(data.shape)}"
+        )
+    X = data.reshape(-1, in_features)
+    if not X.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {X.dtype}")
+    _check_finite(name, X)
+    return X
+
+
+class _ConvGeometry(nn.Module):
+    """Shared bookkeeping for layers that replace an ``nn.Conv2d``."""
+
+    def _set_geometry(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair,
+        padding: str | IntPair,
+        dilation: IntPair,
+        padding_mode: str,
+    ) -> None:
+        self.in_channels = _check_count("in_channels", in_channels)
+        self.out_channels = _check_count("out_channels", out_channels)
+        self.kernel_size = _check_pair("kernel_size", kernel_size)
+        self.stride = _check_pair("stride", stride)
+        self.padding = _check_padding(padding)
+        self.dilation = _check_pair("dilation", dilation)
+        self.padding_mode = _check_padding_mode(padding_mode)
+        if self.padding == "same" and self.stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
+
+    def _geometry_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}"
+        )
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+    @staticmethod
+    def _conv_args(conv: nn.Conv2d) -> dict:
+        return dict(
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            padding_mode=conv.padding_mode,
+        )
+
+
+class LowRankConv2d(_ConvGeometry):
+    """A convolution through ``r`` intermediate channels (Denton et al. 2014, channel SVD).
+
+    The kernel ``K`` (C_out × C_in × k_h × k_w) flattened to ``W`` (C_out × C_in·k_h·k_w) is
+    factorized ``W ≈ A @ B`` with ``A`` (C_out×r), ``B`` (r×C_in·k_h·k_w). Since a
+    convolution is ``W`` times the im2col matrix of the input, this is a real k_h×k_w
+    convolution with ``r`` filters (``B``; same stride, padding, dilation and padding mode)
+    followed by a 1×1 convolution (``A``, with the bias). Cost per output position:
+    ``r(C_in·k_h·k_w + C_out)`` instead of ``C_out·C_in·k_h·k_w``, a saving for
+    ``r < d²cf / (d²c + f)`` (:func:`pruning_utils.linalg.conv_break_even_rank`).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode:
+        As in ``nn.Conv2d`` (``groups`` must be 1).
+    rank:
+        ``r`` in ``[1, min(C_out, C_in·k_h·k_w)]``.
+    bias:
+        Whether the 1×1 convolution has a bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        rank: int,
+        stride: IntPair = 1,
+        padding: str | IntPair = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._set_geometry(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
+        )
+        kh, kw = self.kernel_size
+        rank = _check_rank("rank", rank, min(self.out_channels, self.in_channels * kh * kw))
+        kw_ = {"device": device, "dtype": dtype}
+        self.first = nn.Conv2d(
+            self.in_channels,
+            rank,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=False,
+            padding_mode=self.padding_mode,
+            **kw_,
+        )
+        self.second = nn.Conv2d(rank, self.out_channels, 1, bias=bool(bias), **kw_)
+
+    @property
+    def rank(self) -> int:
+        """The number of intermediate channels ``r``."""
+        return self.first.out_channels
+
+    @classmethod
+    def _from_factors(cls, conv: nn.Conv2d, A: Tensor, B: Tensor) -> LowRankConv2d:
+        """Build from factors of ``conv_weight_matrix(conv.weight) ≈ A @ B``."""
+        W = conv.weight
+        r = A.shape[1]
+        layer = cls(
+            **cls._conv_args(conv),
+            rank=r,
+            bias=conv.bias is not None,
+            device=W.device,
+            dtype=W.dtype,
+        )
+        with torch.no_grad():
+            layer.first.weight.copy_(B.reshape(r, *W.shape[1:]))
+            layer.second.weight.copy_(A.reshape(W.shape[0], r, 1, 1))
+            if conv.bias is not None:
+                layer.second.bias.copy_(conv.bias)
+        return layer
+
+    @classmethod
+    def from_conv2d(
+        cls, conv: nn.Conv2d, rank: int | None = None, energy: float | None = None
+    ) -> LowRankConv2d:
+        """Factorize a trained ``nn.Conv2d`` by truncated SVD of its flattened kernel.
+
+        The error of the flattened kernel is the Eckart–Young tail:
+        ``‖W − AB‖_F = (Σ_{j>r} σ_j²)^{1/2}``.
+
+        Parameters
+        ----------
+        conv:
+            The convolution (``groups=1``; left untouched).
+        rank:
+            ``r`` in ``[1, min(C_out, C_in·k_h·k_w)]``; give exactly one of rank and energy.
+        energy:
+            Fraction in ``(0, 1]`` of ``Σσ²`` to keep.
+
+        Returns
+        -------
+        LowRankConv2d
+        """
+        _check_module("conv", conv, nn.Conv2d)
+        _check_ungrouped("conv", conv)
+        _check_finite("conv.weight", conv.weight.detach())
+        W = conv_weight_matrix(conv.weight.detach())
+        rank, energy = _factor_rank(rank, energy, min(W.shape))
+        A, B = low_rank_factors(W, rank=rank, energy=energy)
+        return cls._from_factors(conv, A.to(W), B.to(W))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    def extra_repr(self) -> str:
+        return f"{self._geometry_repr()}, rank={self.rank}, bias={self.second.bias is not None}"
+
+
+class SpatialLowRankConv2d(_ConvGeometry):
+    """Spatially separated convolution (Jaderberg, Vedaldi & Zisserman 2014).
+
+    With ``M[(c, y), (f, x)] = K[f, c, y, x]`` (:func:`spatial_weight_matrix`, a
+    ``(C_in·k_h) × (C_out·k_w)`` matrix) and its rank-r SVD ``M ≈ V @ H``::
+
+        K[f, c, y, x] ≈ Σ_r V[(c, y), r] H[r, (f, x)]
+
+    i.e. a vertical k_h×1 convolution C_in → r (stride, padding and dilation of the rows)
+    followed by a horizontal 1×k_w convolution r → C_out (those of the columns) carrying
+    the bias. Exact at ``r = min(C_in·k_h, C_out·k_w)``, also for the padding modes that pad
+    each axis independently (zeros, reflect, replicate, circular). Cost per output position
+    about ``r(C_in·k_h + C_out·k_w)`` instead of ``C_out·C_in·k_h·k_w``.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode:
+        As in ``nn.Conv2d`` (``groups`` must be 1).
+    rank:
+        ``r`` in ``[1, min(C_in·k_h, C_out·k_w)]``.
+    bias:
+        Whether the horizontal convolution has a bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        rank: int,
+        stride: IntPair = 1,
+        padding: str | IntPair = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._set_geometry(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
+        )
+        kh, kw = self.kernel_size
+        rank = _check_rank("rank", rank, min(self.in_channels * kh, self.out_channels * kw))
+        if isinstance(self.padding, str):
+            pad_v: str | tuple[int, int] = self.padding
+            pad_h: str | tuple[int, int] = self.padding
+        else:
+            pad_v, pad_h = (self.padding[0], 0), (0, self.padding[1])
+        kw_ = {"device": device, "dtype": dtype}
+        self.vertical = nn.Conv2d(
+            self.in_channels,
+            rank,
+            (kh, 1),
+            stride=(self.stride[0], 1),
+            padding=pad_v,
+            dilation=(self.dilation[0], 1),
+            bias=False,
+            padding_mode=self.padding_mode,
+            **kw_,
+        )
+        self.horizontal = nn.Conv2d(
+            rank,
+            self.out_channels,
+            (1, kw),
+            stride=(1, self.stride[1]),
+            padding=pad_h,
+            dilation=(1, self.dilation[1]),
+            bias=bool(bias),
+            padding_mode=self.padding_mode,
+            **kw_,
+        )
+
+    @property
+    def rank(self) -> int:
+        """The number of intermediate channels ``r``."""
+        return self.vertical.out_channels
+
+    @classmethod
+    def _from_factors(cls, conv: nn.Conv2d, V: Tensor, H: Tensor) -> SpatialLowRankConv2d:
+        """Build from factors of ``spatial_weight_matrix(conv.weight) ≈ V @ H``."""
+        f, c, kh, kw = conv.weight.shape
+        r = V.shape[1]
+        layer = cls(
+            **cls._conv_args(conv),
+            rank=r,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.vertical.weight.copy_(V.T.reshape(r, c, kh, 1))
+            layer.horizontal.weight.copy_(H.reshape(r, f, kw).permute(1, 0, 2).reshape(f, r, 1, kw))
+            if conv.bias is not None:
+                layer.horizontal.bias.copy_(conv.bias)
+        return layer
+
+    @classmethod
+    def from_conv2d(
+        cls, conv: nn.Conv2d, rank: int | None = None, energy: float | None = None
+    ) -> SpatialLowRankConv2d:
+        """Separate a trained ``nn.Conv2d`` into a vertical and a horizontal convolution.
+
+        Parameters
+        ----------
+        conv:
+            The convolution (``groups=1``; left untouched).
+        rank:
+            ``r`` in ``[1, min(C_in·k_h, C_out·k_w)]``; give exactly one of rank and energy.
+        energy:
+            Fraction in ``(0, 1]`` of the spectrum's ``Σσ²`` (of :func:`spatial_weight_matrix`)
+            to keep.
+
+        Returns
+        -------
+        SpatialLowRankConv2d
+        """
+        _check_module("conv", conv, nn.Conv2d)
+        _check_ungrouped("conv", conv)
+        _check_finite("conv.weight", conv.weight.detach())
+        M = spatial_weight_matrix(conv.weight.detach())
+        rank, energy = _factor_rank(rank, energy, min(M.shape))
+        V, H = low_rank_factors(M, rank=rank, energy=energy)
+        return cls._from_factors(conv, V.to(M), H.to(M))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.horizontal(self.vertical(x))
+
+    def extra_repr(self) -> str:
+        bias = self.horizontal.bias is not None
+        return f"{self._geometry_repr()}, rank={self.rank}, bias={bias}"
+
+
+# ---------------------------------------------------------------------------
+# randomized multiplication
+# ---------------------------------------------------------------------------
+
+
+def _sampled_product(
+    A: Tensor, B: Tensor, samples: int, p: Tensor, generator: torch.Generator
+) -> Tensor:
+    """The estimator of :func:`~pruning_utils.linalg.randomized_matmul`, unchecked.
+
+    ``(1/c) Σ_t A_{:,i_t} B_{i_t,:} / p_{i_t}`` with ``i_t ~ p`` i.i.d.; indices drawn several
+    times are gathered once and weighted by their count. The layers call it on every
+    forward with weights validated at construction and probabilities they computed
+    themselves; the argument checks of the public function (finiteness of ``A`` and ``B``,
+    float64 copies of both) would cost several times the sampled product itself.
+    """
+    idx = torch.multinomial(p.to(generator.device), samples, replacement=True, generator=generator)
+    counts = torch.bincount(idx.to(A.device), minlength=A.shape[1])
+    kept = counts.nonzero().squeeze(1)
+    scale = (counts[kept].to(torch.float64) / (samples * p[kept].to(torch.float64))).to(A.dtype)
+    return (A[:, kept] * scale) @ B[kept]
+
+
+class _Sampled(nn.Module):
+    """Seed, lazy generator and sampling rule shared by the randomized layers.
+
+    The generator is created from ``seed`` on first use (on the device of the weights) and
+    is not part of the pickled state: a copy of the layer restarts its stream from
+    ``seed``. The seed travels with ``state_dict()`` (as extra state).
+    """
+
+    def _init_sampling(self, samples: int, probabilities: str, seed: int) -> None:
+        self.samples = _check_count("samples", samples)
+        self.probabilities = _check_rule(probabilities)
+        self.seed = _seed_from(seed)
+        self._generator: torch.Generator | None = None
+
+    def reseed(self, seed: int) -> None:
+        """Restart the stream of samples from ``seed`` (an int in ``[0, 2**63)``)."""
+        if not _is_int(seed):
+            raise TypeError(f"seed must be an int in [0, 2**63), got {seed!r}")
+        self.seed = _seed_from(seed)
+        self._generator = None
+
+    def _get_generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generator
+        if gen is None or gen.device != device:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            self._generator = gen
+        return gen
+
+    def get_extra_state(self) -> dict:
+        return {"seed": self.seed}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.reseed(int(state["seed"]))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_generator"] = None
+        return state
+
+    def _probabilities(self, inputs: Tensor) -> Tensor:
+        """Sampling probabilities over the inner dimension.
+
+        ``inputs`` is the ``(inner × columns)`` right factor of the product (transposed
+        batch); ``weight_norms`` holds the norm of each inner column of the weights.
+        """
+        if self.training:  # weights may have changed since the last call
+            self.refresh_probabilities()
+        norms = self.weight_norms.unsqueeze(1)  # inner × 1: its row norms are the weight norms
+        if self.probabilities == "weights":
+            ones = torch.ones(1, norms.shape[0], dtype=norms.dtype, device=norms.device)
+            return sampling_probabilities(ones, norms)
+        return sampling_probabilities(norms.T, inputs)
+
+    def refresh_probabilities(self) -> None:
+        """Recompute the cached weight norms from the current weights."""
+        with torch.no_grad():
+            self.weight_norms.copy_(self._weight_matrix().norm(dim=0))
+
+
+class RandomizedLinear(_Sampled):
+    """A linear layer that multiplies by sampling (Drineas, Kannan & Mahoney 2006).
+
+    For inputs ``X`` (N×n, rows are samples) and ``W`` (m×n), ``X Wᵀ = Σ_k X_{:,k} W_{:,k}ᵀ``
+    over the inner dimension ``k = 1..n``. Each forward draws ``c = samples`` indices
+    ``i_1..i_c`` i.i.d. with ``P(i = k) = p_k`` and returns the unbiased estimate::
+
+        y = (1/c) Σ_t X_{:,i_t} W_{:,i_t}ᵀ / p_{i_t} + b,     E[y] = X Wᵀ + b.
+
+    It samples in training and evaluation mode alike (it is an estimator); ``c ≥ n`` is
+    allowed (still i.i.d. with replacement, so still random). Fresh indices are drawn on
+    every call from the layer's own generator (seeded with ``seed``; :meth:`reseed`).
+
+    Probability rules (``probabilities``):
+
+    ``"batch"``
+        The original work's rule, ``p_k ∝ ‖X_{:,k}‖ · ‖W_{:,k}‖`` (norm of input column k
+        over the batch times the norm of the weights leaving input k, i.e. row k of
+        ``Wᵀ``). These are the optimal DKM probabilities for this batch, minimising
+        ``E‖XWᵀ − estimate‖_F²``. Extra cost per forward: ``O(N·n)`` for the input norms
+        (the weight norms are cached in the buffer ``weight_norms``).
+    ``"weights"``
+        ``p_k ∝ ‖W_{:,k}‖``, precomputed once. This is the optimal rule when every input
+        feature has the same norm over the batch; if the actual input-column norms differ
+        by at most a factor κ, then ``p_k ≥ optimal_k / κ`` and the DKM bound
+        ``E‖XWᵀ − estimate‖_F² ≤ κ ‖X‖_F²‖W‖_F² / c`` still holds. Extra cost ``O(n)``.
+
+    Either way the product costs ``N·u·m`` multiply-adds instead of ``N·n·m`` (``u ≤ c`` distinct
+    indices), plus drawing ``c`` indices (``O(n + c)``) and copying the ``u`` sampled columns of
+    ``X`` and ``W`` (``O((N + m)·u)`` memory traffic). Only a small ``c/n`` can pay for that
+    overhead, and a small ``c/n`` means a large variance: measure before concluding. In
+    training mode the cached weight norms are recomputed on every call (``O(n·m)``) because
+    the weights change.
+
+    Parameters
+    ----------
+    in_features, out_features:
+        ``n`` and ``m``.
+    samples:
+        ``c``, an int >= 1.
+    probabilities:
+        ``"weights"`` (default) or ``"batch"``.
+    bias:
+        Whether the layer has a bias.
+    seed:
+        Seed of the layer's generator; ``None`` draws one from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        samples: int,
+        probabilities: str = "weights",
+        bias: bool = True,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = _check_count("in_features", in_features)
+        self.out_features = _check_count("out_features", out_features)
+        self._init_sampling(samples, probabilities, seed)
+        kw = {"device": device, "dtype": dtype}
+        dense = nn.Linear(in_features, out_features, bias=bool(bias), **kw)
+        self.weight = dense.weight
+        self.bias = dense.bias
+        self.register_buffer("weight_norms", self.weight.detach().norm(dim=0))
+
+    def _weight_matrix(self) -> Tensor:
+        return self.weight.detach()
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        samples: int,
+        probabilities: str = "weights",
+        generator: torch.Generator | int | None = None,
+    ) -> RandomizedLinear:
+        """Wrap the weights of a trained ``nn.Linear`` (copied; the layer is left untouched).
+
+        Parameters
+        ----------
+        linear:
+            The dense layer.
+        samples:
+            ``c``, the number of sampled inner indices per forward (int >= 1).
+        probabilities:
+            ``"weights"`` or ``"batch"`` (see the class docstring).
+        generator:
+            An int seed, a ``torch.Generator`` to draw the seed from, or ``None``.
+        """
+        _check_module("linear", linear, nn.Linear)
+        _check_finite("linear.weight", linear.weight.detach())
+        W = linear.weight
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            samples,
+            probabilities,
+            bias=linear.bias is not None,
+            seed=_seed_from(generator),
+            device=W.device,
+            dtype=W.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(W)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        layer.refresh_probabilities()
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        X = x.reshape(-1, self.in_features)  # N × n
+        Wt = self.weight.T  # n × m
+        p = self._probabilities(X.T.detach())
+        y = _sampled_product(X, Wt, self.samples, p, self._get_generator(X.device))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"samples={self.samples}, probabilities={self.probabilities!r}, "
+            f"bias={self.bias is not None}, seed={self.seed}"
+        )
+
+
+class RandomizedConv2d(_Sampled, _ConvGeometry):
+    """A convolution computed as a sampled im2col product.
+
+    The input is unfolded (im2col) into ``U`` of shape ``(C_in·k_h·k_w) × (N·L)`` with
+    ``L = H_out·W_out`` positions; the convolution is ``W U`` with ``W`` the flattened kernel
+    (C_out × C_in·k_h·k_w). Each forward samples ``c`` inner indices (kernel taps) and
+    returns ``(1/c) Σ_t W_{:,i_t} U_{i_t,:} / p_{i_t}`` plus the bias, folded back to
+    ``(N, C_out, H_out, W_out)``. One set of indices serves the whole batch.
+
+    Probability rules as in :class:`RandomizedLinear`: ``"batch"`` uses
+    ``p_k ∝ ‖U_{k,:}‖ · ‖W_{:,k}‖`` (extra ``O(N·L·C_in·k_h·k_w)`` per call, as much as
+    unfolding), ``"weights"`` uses ``p_k ∝ ‖W_{:,k}‖``. Unfolding materialises a
+    ``k_h·k_w`` times larger copy of the input, so this layer is a teaching device for the
+    estimator, not a fast convolution.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode:
+        As in ``nn.Conv2d`` (``groups`` must be 1).
+    samples:
+        ``c``, an int >= 1 (``C_in·k_h·k_w`` inner indices exist).
+    probabilities:
+        ``"weights"`` (default) or ``"batch"``.
+    bias:
+        Whether the layer has a bias.
+    seed:
+        Seed of the layer's generator; ``None`` draws one from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        samples: int,
+        probabilities: str = "weights",
+        stride: IntPair = 1,
+        padding: str | IntPair = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self._set_geometry(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
+        )
+        self._init_sampling(samples, probabilities, seed)
+        dense = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            bias=bool(bias),
+            device=device,
+            dtype=dtype,
+        )
+        self.weight = dense.weight
+        self.bias = dense.bias
+        self.register_buffer("weight_norms", self._weight_matrix().norm(dim=0))
+
+    def _weight_matrix(self) -> Tensor:
+        return conv_weight_matrix(self.weight.detach())
+
+    @classmethod
+    def from_conv2d(
+        cls,
+        conv: nn.Conv2d,
+        samples: int,
+        probabilities: str = "weights",
+        generator: torch.Generator | int | None = None,
+    ) -> RandomizedConv2d:
+        """Wrap the kernel of a trained ``nn.Conv2d`` (copied; the layer is left untouched).
+
+        Parameters
+        ----------
+        conv:
+            The convolution (``groups=1``).
+        samples:
+            ``c``, the number of sampled kernel taps per forward (int >= 1).
+        probabilities:
+            ``"weights"`` or ``"batch"``.
+        generator:
+            An int seed, a ``torch.Generator`` to draw the seed from, or ``None``.
+        """
+        _check_module("conv", conv, nn.Conv2d)
+        _check_ungrouped("conv", conv)
+        _check_finite("conv.weight", conv.weight.detach())
+        layer = cls(
+            **cls._conv_args(conv),
+            samples=samples,
+            probabilities=probabilities,
+            bias=conv.bias is not None,
+            seed=_seed_from(generator),
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        layer.refresh_probabilities()
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim not in (3, 4):
+            raise ValueError(f"input must be (N, C, H, W) or (C, H, W), got {tuple(x.shape)}")
+        unbatched = x.ndim == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        pads = _resolve_padding(self.padding, self.kernel_size, self.dilation)
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        if any(pads):
+            x = F.pad(x, pads, mode=mode)
+        n, _, h, w = x.shape
+        (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.dilation, self.stride
+        h_out = (h - dh * (kh - 1) - 1) // sh + 1
+        w_out = (w - dw * (kw - 1) - 1) // sw + 1
+        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)
+        U = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (C_in·kh·kw) × (N·L)
+        W = self.weight.reshape(self.out_channels, -1)  # C_out × (C_in·kh·kw)
+        p = self._probabilities(U.detach())
+        y = _sampled_product(W, U, self.samples, p, self._get_generator(x.device))  # C_out × (N·L)
+        y = y.reshape(self.out_channels, n, h_out, w_out).transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return y.squeeze(0) if unbatched else y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self._geometry_repr()}, samples={self.samples}, "
+            f"probabilities={self.probabilities!r}, bias={self.bias is not None}, seed={self.seed}"
+        )

@@ -1,0 +1,122 @@
+"""Models: architectures, parameter counts against hand formulas, seeding, bad inputs."""
+
+import pytest
+import torch
+from torch import nn
+
+from pruning_utils.models import (
+    MLP,
+    MODEL_NAMES,
+    LargeMLP,
+    LeNet5,
+    SimpleMLP,
+    SmallCNN,
+    build_model,
+)
+
+
+def linear_params(widths):
+    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+
+def test_simple_mlp_layout_and_count():
+    model = SimpleMLP()
+    kinds = [type(m) for m in model.children()]
+    assert kinds == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    shapes = [tuple(m.weight.shape) for m in model if isinstance(m, nn.Linear)]
+    assert shapes == [(120, 784), (84, 120), (10, 84)]
+    assert sum(p.numel() for p in model.parameters()) == linear_params((784, 120, 84, 10))
+
+
+def test_large_mlp_widths_and_count():
+    widths = (784, 128, 512, 2048, 8192, 2048, 512, 128, 10)
+    model = LargeMLP(activation=None)  # no ReLU: just the Linear layers
+    shapes = [tuple(m.weight.shape) for m in model if isinstance(m, nn.Linear)]
+    assert shapes == [(b, a) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    assert sum(p.numel() for p in model.parameters()) == linear_params(widths) == 35_897_866
+
+
+def test_linear_stack_is_affine():
+    torch.manual_seed(0)
+    model = SimpleMLP(activation=None).double()
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    zero = model(torch.zeros_like(x))
+    # f(2x) - f(0) = 2 (f(x) - f(0)) for an affine map, not for a ReLU network
+    assert torch.allclose(model(2 * x) - zero, 2 * (model(x) - zero), atol=1e-10)
+    relu = SimpleMLP().double()
+    zero = relu(torch.zeros_like(x))
+    assert not torch.allclose(relu(-2 * x) - zero, -2 * (relu(x) - zero), atol=1e-6)
+
+
+def test_activation_class_is_used():
+    model = MLP((10, 5, 5, 2), activation=nn.Tanh)
+    assert [type(m) for m in model.children()].count(nn.Tanh) == 2
+    assert list(dict(model.named_children())) == ["flatten", "fc1", "act1", "fc2", "act2", "fc3"]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_maps_images_to_ten_logits(name):
+    model = build_model(name, seed=0)
+    assert isinstance(model, nn.Sequential)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+
+
+def test_small_cnn_is_flat_with_batchnorm_after_each_conv():
+    model = SmallCNN(channels=(8, 16, 32), convs_per_block=2)
+    children = list(model.children())
+    assert not any(isinstance(c, nn.Sequential) for c in children)
+    for i, child in enumerate(children):
+        if isinstance(child, nn.Conv2d):
+            assert child.kernel_size == (3, 3) and child.bias is None
+            assert isinstance(children[i + 1], nn.BatchNorm2d)
+            assert children[i + 1].num_features == child.out_channels
+    convs = [c for c in children if isinstance(c, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16, 32, 32]
+    assert model.fc1.in_features == 32 * 3 * 3  # 28 -> 14 -> 7 -> 3
+
+
+def test_lenet5_count_matches_hand_formula():
+    expected = (1 * 25 + 1) * 6 + (6 * 25 + 1) * 16 + 401 * 120 + 121 * 84 + 85 * 10
+    assert sum(p.numel() for p in LeNet5().parameters()) == expected == 61_706
+
+
+def test_build_model_seed_is_reproducible_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a = build_model("simple-mlp", seed=3)
+    b = build_model("simple-mlp", seed=3)
+    c = build_model("simple-mlp", seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.fc1.weight, c.fc1.weight)
+
+
+def test_build_model_passes_options():
+    model = build_model("LARGE-MLP", activation=None)
+    assert isinstance(model, LargeMLP)
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: build_model("resnet"), ValueError, "name must be one of"),
+        (lambda: build_model(3), TypeError, "name must be a str"),
+        (lambda: build_model("lenet5", seed=-1), ValueError, "seed"),
+        (lambda: SimpleMLP(activation="gelu"), ValueError, "activation"),
+        (lambda: SimpleMLP(activation=nn.ReLU()), TypeError, "activation"),
+        (lambda: MLP((784,)), ValueError, "at least 2"),
+        (lambda: MLP((784, 0, 10)), ValueError, "positive ints"),
+        (lambda: MLP("784"), TypeError, "widths"),
+        (lambda: SmallCNN(channels=(8, 8, 8, 8, 8)), ValueError, "between 1 and 4"),
+        (lambda: SmallCNN(convs_per_block=0), ValueError, "convs_per_block"),
+        (lambda: SmallCNN(channels=8), TypeError, "channels"),
+        (lambda: SmallCNN(channels=(8, -1)), ValueError, "positive ints"),
+        (lambda: LeNet5(num_classes=0), ValueError, "num_classes"),
+    ],
+)
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
