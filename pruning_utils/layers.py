@@ -34,6 +34,7 @@ from pruning_utils.linalg import (
     _check_rank,
     _is_int,
     _one_of_rank_energy,
+    _sampled_product,
     conv_weight_matrix,
     low_rank_factors,
     sampling_probabilities,
@@ -654,24 +655,6 @@ class SpatialLowRankConv2d(_ConvGeometry):
 # ---------------------------------------------------------------------------
 # randomized multiplication
 # ---------------------------------------------------------------------------
-
-
-def _sampled_product(
-    A: Tensor, B: Tensor, samples: int, p: Tensor, generator: torch.Generator
-) -> Tensor:
-    """The estimator of :func:`~pruning_utils.linalg.randomized_matmul`, unchecked.
-
-    ``(1/c) Σ_t A_{:,i_t} B_{i_t,:} / p_{i_t}`` with ``i_t ~ p`` i.i.d.; indices drawn several
-    times are gathered once and weighted by their count. The layers call it on every
-    forward with weights validated at construction and probabilities they computed
-    themselves; the argument checks of the public function (finiteness of ``A`` and ``B``,
-    float64 copies of both) would cost several times the sampled product itself.
-    """
-    idx = torch.multinomial(p.to(generator.device), samples, replacement=True, generator=generator)
-    counts = torch.bincount(idx.to(A.device), minlength=A.shape[1])
-    kept = counts.nonzero().squeeze(1)
-    scale = (counts[kept].to(torch.float64) / (samples * p[kept].to(torch.float64))).to(A.dtype)
-    return (A[:, kept] * scale) @ B[kept]
 
 
 class _Sampled(nn.Module):

@@ -910,11 +910,24 @@ def randomized_matmul(
     samples = _check_count("samples", samples)
     _check_generator("generator", generator)
     p = _resolve_probabilities(A, B, probabilities)
+    return _sampled_product(A, B, samples, p, generator)
+
+
+def _sampled_product(
+    A: Tensor, B: Tensor, samples: int, p: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """The estimator of :func:`randomized_matmul` without argument checks.
+
+    ``(1/c) Σ_t A^(i_t) B_(i_t) / p_(i_t)`` with ``i_t ~ p`` i.i.d.; indices drawn several
+    times are gathered once and weighted by their count. The randomized layers call it on
+    every forward with weights validated at construction: the checks of the public
+    function (finiteness, float64 copies) would cost several times the product itself.
+    """
     draw_device = generator.device if generator is not None else p.device
     idx = torch.multinomial(p.to(draw_device), samples, replacement=True, generator=generator)
     counts = torch.bincount(idx.to(A.device), minlength=A.shape[1])
     kept = counts.nonzero().squeeze(1)
-    scale = (counts[kept].to(torch.float64) / (samples * p[kept])).to(A.dtype)
+    scale = (counts[kept].to(torch.float64) / (samples * p[kept].to(torch.float64))).to(A.dtype)
     return (A[:, kept] * scale) @ B[kept]
 
 
