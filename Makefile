@@ -1,13 +1,16 @@
 # The two commands of the README:
 #   make book   virtual environment, install, data, then the HTML book in _build/html
 #   make test   virtual environment, install, data, then unit tests and the notebooks (smoke mode)
+# and, after make book, make check-book: every page of the book in a headless browser.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# html_static_path of _config.yml: the offline copy of MathJax goes to $(STATIC)/mathjax.
+STATIC := _build/static
 
-.PHONY: book test unit notebooks data install lint clean execute
+.PHONY: book test unit notebooks data install lint clean execute mathjax chromium check-book
 
 install: $(STAMP)
 
@@ -19,8 +22,18 @@ $(STAMP): pyproject.toml constraints/ci.txt
 data: $(STAMP)
 	bash scripts/ensure-data.sh $(BIN)/python
 
-book: $(STAMP) data
+mathjax:
+	bash scripts/fetch-mathjax.sh $(STATIC)
+
+book: $(STAMP) data mathjax
 	$(BIN)/jupyter-book build . -W -n --keep-going
+
+chromium:
+	bash scripts/ensure-chromium.sh
+
+# Opens every page of the built book in headless Chromium (run make book first).
+check-book: $(STAMP) chromium
+	$(BIN)/python scripts/check_book.py _build/html
 
 unit: $(STAMP) data
 	$(BIN)/python -m pytest tests
@@ -35,7 +48,7 @@ execute: $(STAMP) data
 	$(BIN)/python scripts/execute_notebooks.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check pruning_utils tests
+	$(BIN)/ruff check pruning_utils tests scripts book/_ext
 
 clean:
 	rm -rf _build
