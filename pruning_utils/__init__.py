@@ -6,6 +6,15 @@ Dependencies point one way: ``linalg`` (pure functions on tensors) <- ``layers``
 harness (``data``, ``models``, ``train``, ``bench``, ``plots``, ``config``).
 """
 
+from pruning_utils.baselines import l1_structured_prune, magnitude_prune
+from pruning_utils.bench import (
+    LatencyResult,
+    break_even_report,
+    compare_latency,
+    count_flops,
+    count_params,
+    measure_latency,
+)
 from pruning_utils.config import (
     RunConfig,
     data_root,
@@ -15,8 +24,15 @@ from pruning_utils.config import (
     smoke_mode,
 )
 from pruning_utils.data import load_dataset, make_loader, train_val_split
-
-# --- linalg ---
+from pruning_utils.layers import (
+    PROBABILITY_RULES,
+    LowRankConv2d,
+    LowRankLinear,
+    RandomizedConv2d,
+    RandomizedLinear,
+    SpatialLowRankConv2d,
+    spatial_weight_matrix,
+)
 from pruning_utils.linalg import (
     PCAResult,
     break_even_rank,
@@ -38,42 +54,6 @@ from pruning_utils.linalg import (
     truncated_svd,
     whitened_low_rank_factors,
 )
-
-# --- layers ---
-from pruning_utils.layers import (
-    PROBABILITY_RULES,
-    LowRankConv2d,
-    LowRankLinear,
-    RandomizedConv2d,
-    RandomizedLinear,
-    SpatialLowRankConv2d,
-    spatial_weight_matrix,
-)
-
-# --- surgery ---
-from pruning_utils.surgery import (
-    PCA_METHODS,
-    SCHEMES,
-    LayerChange,
-    PruningReport,
-    fold_batchnorm,
-    load_pruned,
-    low_rank,
-    pca_prune,
-    randomize,
-    save_pruned,
-)
-
-# --- harness ---
-from pruning_utils.baselines import l1_structured_prune, magnitude_prune
-from pruning_utils.bench import (
-    LatencyResult,
-    break_even_report,
-    compare_latency,
-    count_flops,
-    count_params,
-    measure_latency,
-)
 from pruning_utils.models import (
     MLP,
     MODEL_NAMES,
@@ -94,13 +74,27 @@ from pruning_utils.plots import (
     plot_sweep,
     set_style,
 )
+from pruning_utils.surgery import (
+    PCA_METHODS,
+    SCHEMES,
+    LayerChange,
+    PruningReport,
+    fold_batchnorm,
+    load_pruned,
+    low_rank,
+    pca_prune,
+    randomize,
+    save_pruned,
+)
 from pruning_utils.sweeps import METHODS, MethodSpec, summarize, sweep
 from pruning_utils.train import (
+    BOOK_RECIPES,
     TrainHistory,
     evaluate,
     fine_tune,
     train,
     train_or_load,
+    trained_model,
     weights_path,
 )
 

@@ -16,6 +16,7 @@ Conventions
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -25,10 +26,28 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from pruning_utils.config import get_config
+
+
+def _import_quietly():
+    """Import torch.utils.benchmark without the CUDA-toolkit notice it logs on CPU-only machines.
+
+    The import goes through ``torch.utils.cpp_extension``, which warns "No CUDA runtime is
+    found" when a CUDA toolkit is installed but no GPU is present; CPU timing does not use it.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
+
+
+benchmark = _import_quietly()
 
 __all__ = [
     "LatencyResult",

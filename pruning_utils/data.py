@@ -236,7 +236,8 @@ def load_dataset(
         raise ValueError(f"name must be one of {sorted(DATASETS)}, got {name!r}")
     if split not in _IDX_FILES:
         raise ValueError(f"split must be one of {sorted(_IDX_FILES)}, got {split!r}")
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset <= 0):
+    bad_subset = isinstance(subset, bool) or not isinstance(subset, int) or subset <= 0
+    if subset is not None and bad_subset:
         raise ValueError(f"subset must be None or a positive int, got {subset!r}")
     info = DATASETS[name]
     root = Path(root) if root is not None else data_root()
@@ -244,7 +245,8 @@ def load_dataset(
 
     import torchvision.datasets as tvd
 
-    dataset = getattr(tvd, info.torchvision_class)(str(root), train=split == "train", download=False)
+    dataset_class = getattr(tvd, info.torchvision_class)
+    dataset = dataset_class(str(root), train=split == "train", download=False)
     images = dataset.data.to(torch.float32).div_(255.0).unsqueeze(1)
     labels = dataset.targets.to(torch.int64)
     if subset is not None and subset < len(labels):
@@ -259,7 +261,7 @@ def load_dataset(
 def train_val_split(
     dataset: Dataset, val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[Subset, Subset]:
-    """Split ``dataset`` at random into training and validation parts, the same way for one ``seed``.
+    """Split ``dataset`` at random into training and validation parts, fixed by ``seed``.
 
     The original work trained on a 90 % split, hence the default ``val_fraction=0.1``.
     """

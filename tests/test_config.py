@@ -48,7 +48,7 @@ def test_data_root_follows_environment(monkeypatch, tmp_path):
 
 def test_seed_everything_repeats_all_generators():
     def draw():
-        return random.random(), np.random.rand(), torch.rand(1).item()
+        return random.random(), np.random.rand(), torch.rand(1).item()  # noqa: NPY002
 
     generator = config.seed_everything(123)
     first, g_first = draw(), torch.rand(2, generator=generator)
@@ -59,7 +59,7 @@ def test_seed_everything_repeats_all_generators():
 
     assert first == second
     assert torch.equal(g_first, g_second)
-    assert all(a != b for a, b in zip(first, third))
+    assert all(a != b for a, b in zip(first, third, strict=True))
 
 
 @pytest.mark.parametrize("seed, error", [(-1, ValueError), (2**32, ValueError), (1.5, TypeError),

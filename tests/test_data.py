@@ -22,7 +22,7 @@ def write_idx(folder: Path, n_train: int, n_test: int, fill: int, packed: bool) 
     for split, n in (("train", n_train), ("test", n_test)):
         images = struct.pack(">IIII", 0x0803, n, 28, 28) + bytes([fill]) * (n * 28 * 28)
         labels = struct.pack(">II", 0x0801, n) + bytes(i % 10 for i in range(n))
-        for name, payload in zip(FILES[split], (images, labels)):
+        for name, payload in zip(FILES[split], (images, labels), strict=True):
             if packed:
                 (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
             else:
@@ -33,7 +33,8 @@ def write_idx(folder: Path, n_train: int, n_test: int, fill: int, packed: bool) 
 def no_system_copy(monkeypatch, tmp_path):
     info = DATASETS["fashion-mnist"]
     fake = tmp_path / "system"
-    monkeypatch.setitem(DATASETS, "fashion-mnist", info.__class__(**{**info.__dict__, "system_dirs": (str(fake),)}))
+    moved = info.__class__(**{**info.__dict__, "system_dirs": (str(fake),)})
+    monkeypatch.setitem(DATASETS, "fashion-mnist", moved)
     return fake
 
 
@@ -141,7 +142,10 @@ def test_train_val_split_is_deterministic_and_disjoint():
 
 def test_make_loader_shuffles_by_seed():
     dataset = torch.utils.data.TensorDataset(torch.arange(64))
-    order = lambda seed: torch.cat([b[0] for b in data.make_loader(dataset, 8, shuffle=True, seed=seed)])
+
+    def order(seed):
+        return torch.cat([b[0] for b in data.make_loader(dataset, 8, shuffle=True, seed=seed)])
+
     assert torch.equal(order(0), order(0))
     assert not torch.equal(order(0), order(1))
     assert torch.equal(torch.cat([b[0] for b in data.make_loader(dataset, 8)]), torch.arange(64))

@@ -402,8 +402,7 @@ def test_randomized_bad_inputs():
 
 def test_layer_estimator_matches_linalg_randomized_matmul():
     """The layers' unchecked hot path draws and weighs exactly like the public function."""
-    from pruning_utils.linalg import _sampled_product
-    from pruning_utils.linalg import randomized_matmul, sampling_probabilities
+    from pruning_utils.linalg import _sampled_product, randomized_matmul, sampling_probabilities
 
     A, B = torch.randn(6, 20), torch.randn(20, 4)
     p = sampling_probabilities(A, B)
