@@ -1,0 +1,444 @@
+"""The book's headline benchmark: the most compressed setting of each method within 1 point.
+
+Run it with ``python -m pruning_utils.benchmark`` (``--smoke`` for a quick run). For the
+LargeMLP and the SmallCNN trained on Fashion-MNIST (:func:`~pruning_utils.train.trained_model`)
+and for every method, it walks the method's grid from the most compressed setting to the
+least and keeps the first one whose accuracy stays within ``--tolerance`` (1 percentage
+point) of the dense model; where the method allows it, settings that fail are given one
+epoch of fine-tuning, and a bisection over the grid finds the most compressed setting that
+passes after fine-tuning.
+
+The choice is made on one half of the test set (the *selection* half, 5,000 images) and
+the accuracies reported are measured on the other half (the *report* half) and on the whole
+test set, so that picking a setting does not flatter it. For the chosen setting the table
+gives parameter and FLOP ratios and the latency speedup at batch 1 and 256, with the dense
+and the pruned model timed interleaved in the same run
+(:func:`~pruning_utils.bench.compare_latency`).
+It ends with one 2048×8192 layer factorized at rank 128, timed against the dense layer.
+
+The table is printed and written as ``headline.csv`` and ``headline.json`` (with the run's
+settings and duration) to ``--out`` (default ``<data root>/benchmark``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from pruning_utils import baselines, surgery
+from pruning_utils.bench import compare_latency, count_flops, count_params
+from pruning_utils.config import SMOKE_ENV, data_root, get_config, seed_everything
+from pruning_utils.data import load_dataset, train_val_split
+from pruning_utils.layers import LowRankLinear
+from pruning_utils.train import evaluate, fine_tune, trained_model
+
+__all__ = ["Method", "MLP_METHODS", "CNN_METHODS", "find_setting", "run_benchmark", "main"]
+
+Transform = Callable[[nn.Module, float, torch.Tensor], nn.Module]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pruning method as the benchmark uses it.
+
+    Attributes
+    ----------
+    name:
+        Label in the table.
+    parameter:
+        Name of the swept parameter.
+    grid:
+        Its values, from the most compressed setting to the least.
+    apply:
+        ``f(model, value, calibration inputs) -> new model``.
+    fine_tunable:
+        Whether one epoch of fine-tuning may rescue a setting (not for magnitude pruning,
+        whose zeros would grow back, nor for the randomized layers, which are estimators).
+    seeds:
+        For a randomized method, the accuracy is the mean over these seeds.
+    """
+
+    name: str
+    parameter: str
+    grid: tuple[float, ...]
+    apply: Transform
+    fine_tunable: bool = True
+    seeds: tuple[int, ...] = field(default_factory=tuple)
+
+
+def _low_rank(**kw) -> Transform:
+    return lambda m, v, calib: surgery.low_rank(m, energy=v, **kw)
+
+
+def _low_rank_data(m: nn.Module, v: float, calib: torch.Tensor) -> nn.Module:
+    return surgery.low_rank(m, energy=v, data=calib)
+
+
+def _pca(method: str) -> Transform:
+    def apply(m: nn.Module, v: float, calib: torch.Tensor) -> nn.Module:
+        data = calib if method != "weights" else None
+        return surgery.pca_prune(m, v, method=method, data=data)
+
+    return apply
+
+
+def _pca_channels(m: nn.Module, v: float, calib: torch.Tensor) -> nn.Module:
+    return surgery.pca_prune(surgery.fold_batchnorm(m), v, method="interpolative", data=calib)
+
+
+def _randomized(layers: tuple[type[nn.Module], ...]) -> Transform:
+    return lambda m, v, calib: surgery.randomize(m, v, layers=layers)
+
+
+def _magnitude(m: nn.Module, v: float, calib: torch.Tensor) -> nn.Module:
+    return baselines.magnitude_prune(m, v)
+
+
+def _l1(m: nn.Module, v: float, calib: torch.Tensor) -> nn.Module:
+    return baselines.l1_structured_prune(m, v)
+
+
+_ENERGIES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+_VARIANCES = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
+_AMOUNTS_L1 = (0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+_AMOUNTS_MAGNITUDE = (0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.5)
+_SAMPLE_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def _methods(cnn: bool, seeds: Sequence[int]) -> tuple[Method, ...]:
+    seeds = tuple(seeds)
+    if cnn:
+        return (
+            Method("low rank (channel)", "energy", _ENERGIES, _low_rank(scheme="channel")),
+            Method("low rank (spatial)", "energy", _ENERGIES, _low_rank(scheme="spatial")),
+            Method("PCA channels (interpolative)", "variance", _VARIANCES, _pca_channels),
+            Method("randomized im2col", "sample fraction", _SAMPLE_FRACTIONS,
+                   _randomized((nn.Conv2d, nn.Linear)), fine_tunable=False, seeds=seeds),
+            Method("magnitude (baseline)", "amount", _AMOUNTS_MAGNITUDE, _magnitude,
+                   fine_tunable=False),
+            Method("L1 filters (baseline)", "amount", _AMOUNTS_L1, _l1),
+        )
+    return (
+        Method("low rank", "energy", _ENERGIES, _low_rank()),
+        Method("low rank, data-aware", "energy", _ENERGIES, _low_rank_data),
+        Method("PCA weights (Alg. 2)", "variance", _VARIANCES, _pca("weights")),
+        Method("PCA activations", "variance", _VARIANCES, _pca("activations")),
+        Method("PCA interpolative", "variance", _VARIANCES, _pca("interpolative")),
+        Method("randomized matmul", "sample fraction", _SAMPLE_FRACTIONS,
+               _randomized((nn.Linear,)), fine_tunable=False, seeds=seeds),
+        Method("magnitude (baseline)", "amount", _AMOUNTS_MAGNITUDE, _magnitude,
+               fine_tunable=False),
+        Method("L1 units (baseline)", "amount", _AMOUNTS_L1, _l1),
+    )
+
+
+MLP_METHODS = _methods(cnn=False, seeds=(0, 1, 2))
+CNN_METHODS = _methods(cnn=True, seeds=(0, 1, 2))
+
+
+def _thin(grid: tuple[float, ...], points: int) -> tuple[float, ...]:
+    """``points`` values spread evenly over ``grid``, its ends included (smoke runs)."""
+    if points >= len(grid):
+        return grid
+    step = (len(grid) - 1) / max(points - 1, 1)
+    return tuple(grid[round(k * step)] for k in range(points))
+
+
+def _accuracy(model: nn.Module, data, seeds: Sequence[int]) -> float:
+    """Accuracy, averaged over ``seeds`` for randomized models (reseeding their layers)."""
+    sampled = [m for m in model.modules() if hasattr(m, "reseed")]
+    if not sampled or not seeds:
+        return evaluate(model, data)
+    scores = []
+    for seed in seeds:
+        for k, layer in enumerate(sampled):
+            layer.reseed(seed * 1000 + k)
+        scores.append(evaluate(model, data))
+    return sum(scores) / len(scores)
+
+
+@dataclass
+class Choice:
+    """The setting :func:`find_setting` chose, and how it got there."""
+
+    value: float | None
+    model: nn.Module | None
+    fine_tuned: bool
+    within: bool
+    tried: list[dict]
+
+
+def find_setting(
+    dense: nn.Module,
+    method: Method,
+    selection,
+    calibration: torch.Tensor,
+    *,
+    dense_accuracy: float,
+    tolerance: float = 0.01,
+    fine_tune_data=None,
+    log: Callable[[str], None] = print,
+) -> Choice:
+    """The most compressed setting of ``method`` whose accuracy is within ``tolerance``.
+
+    First pass: settings in grid order (most compressed first), no fine-tuning, stopping at
+    the first that passes (index ``i0``). Second pass, if the method is fine-tunable and
+    ``fine_tune_data`` is given: bisection over the settings before ``i0`` (assuming that
+    accuracy after fine-tuning grows with the setting), one epoch of fine-tuning each.
+    When no setting passes, the least compressed one is returned with ``within=False``.
+    """
+    threshold = dense_accuracy - tolerance
+    tried: list[dict] = []
+    models: dict[int, nn.Module] = {}
+
+    def prune(i: int) -> nn.Module:
+        if i not in models:
+            models[i] = method.apply(dense, method.grid[i], calibration)
+        return models[i]
+
+    passing = None
+    for i, value in enumerate(method.grid):
+        try:
+            model = prune(i)
+        except ValueError as exc:  # e.g. nothing to prune at this setting
+            tried.append({"value": value, "error": str(exc)})
+            continue
+        acc = _accuracy(model, selection, method.seeds)
+        tried.append({"value": value, "fine_tuned": False, "selection_accuracy": acc})
+        log(f"    {method.parameter}={value:g}: selection accuracy {acc:.4f}")
+        if acc >= threshold:
+            passing = i
+            break
+        del models[i]  # keep memory bounded: only the last candidates are needed
+    choice = Choice(
+        value=None if passing is None else method.grid[passing],
+        model=None if passing is None else models[passing],
+        fine_tuned=False,
+        within=passing is not None,
+        tried=tried,
+    )
+    if not method.fine_tunable or fine_tune_data is None:
+        return choice
+
+    lo, hi = 0, (passing if passing is not None else len(method.grid))
+    while lo < hi:  # the most compressed index in [lo, hi) that passes after fine-tuning
+        mid = (lo + hi) // 2
+        try:
+            tuned = fine_tune(prune(mid), fine_tune_data, epochs=1, progress=False)
+        except ValueError as exc:
+            tried.append({"value": method.grid[mid], "error": str(exc)})
+            lo = mid + 1
+            continue
+        acc = _accuracy(tuned, selection, method.seeds)
+        tried.append({"value": method.grid[mid], "fine_tuned": True, "selection_accuracy": acc})
+        log(f"    {method.parameter}={method.grid[mid]:g} + 1 epoch fine-tuning: {acc:.4f}")
+        if acc >= threshold:
+            choice = Choice(method.grid[mid], tuned, True, True, tried)
+            hi = mid
+        else:
+            lo = mid + 1
+        models.pop(mid, None)
+    if not choice.within:  # report the least compressed setting, plainly marked
+        last = len(method.grid) - 1
+        choice = Choice(method.grid[last], prune(last), False, False, tried)
+    return choice
+
+
+def _layer_benchmark(rank: int, batch: int, num_threads: int, seconds: float) -> dict:
+    """One 2048×8192 layer (random weights) against its rank-``rank`` factorization."""
+    gen = seed_everything(0)
+    dense = nn.Linear(8192, 2048)
+    with torch.no_grad():
+        dense.weight.copy_(torch.randn(2048, 8192, generator=gen) / math.sqrt(8192))
+    factorized = LowRankLinear.from_linear(dense, rank=rank)
+    x = torch.randn(batch, 8192, generator=gen)
+    timing = compare_latency(
+        {"dense": dense, "factorized": factorized}, x,
+        num_threads=num_threads, min_run_time=seconds, rounds=5,
+    )
+    return {
+        "layer": "2048x8192 Linear (random weights)",
+        "rank": rank,
+        "break_even_rank": 2048 * 8192 / (2048 + 8192),
+        "batch": batch,
+        "dense_ms": 1e3 * float(timing.loc["dense", "median_s"]),
+        "factorized_ms": 1e3 * float(timing.loc["factorized", "median_s"]),
+        "speedup": float(timing.loc["factorized", "speedup"]),
+        "flop_ratio": (2048 * 8192) / (rank * (2048 + 8192)),
+    }
+
+
+def run_benchmark(
+    models: Sequence[str] = ("large-mlp", "small-cnn"),
+    *,
+    methods: Sequence[str] | None = None,
+    tolerance: float = 0.01,
+    num_threads: int = 2,
+    log: Callable[[str], None] = print,
+) -> tuple[pd.DataFrame, dict]:
+    """Run the benchmark and return ``(table, layer result)``; see the module docstring."""
+    config = get_config()
+    torch.set_num_threads(num_threads)
+    test = load_dataset("fashion-mnist", "test", subset=config.test_subset)
+    report_half, selection_half = train_val_split(test, val_fraction=0.5, seed=0)
+    train_data = load_dataset("fashion-mnist", "train", subset=config.train_subset)
+    calibration = load_dataset(
+        "fashion-mnist", "train", subset=config.calibration_size, seed=1
+    ).tensors[0]
+    images = test.tensors[0]
+    inputs = {b: images[:b].clone() if b <= len(images) else images.repeat(
+        math.ceil(b / len(images)), 1, 1, 1)[:b].clone() for b in (1, 256)}
+
+    rows = []
+    for name in models:
+        dense = trained_model(name, progress=False)
+        method_list = _methods(cnn=name == "small-cnn", seeds=config.seeds[:3])
+        if methods is not None:
+            method_list = tuple(m for m in method_list if m.name in methods)
+        if config.smoke:
+            method_list = tuple(
+                Method(m.name, m.parameter, _thin(m.grid, config.sweep_points), m.apply,
+                       m.fine_tunable, m.seeds)
+                for m in method_list
+            )
+        dense_sel = evaluate(dense, selection_half)
+        dense_rep = evaluate(dense, report_half)
+        dense_test = evaluate(dense, test)
+        dense_params = count_params(dense)
+        dense_flops = count_flops(dense, inputs[1])
+        log(f"{name}: dense accuracy {dense_test:.4f} (selection half {dense_sel:.4f}), "
+            f"{dense_params:,} parameters, {dense_flops:,} FLOPs per image")
+        for method in method_list:
+            log(f"  {method.name}")
+            start = time.perf_counter()
+            choice = find_setting(
+                dense, method, selection_half, calibration, dense_accuracy=dense_sel,
+                tolerance=tolerance, fine_tune_data=train_data, log=log,
+            )
+            pruned = choice.model
+            timing = {
+                b: compare_latency({"dense": dense, "pruned": pruned}, x,
+                                   num_threads=num_threads, rounds=5)
+                for b, x in inputs.items()
+            }
+            params = count_params(pruned, nonzero=method.name.startswith("magnitude"))
+            rows.append({
+                "model": name,
+                "method": method.name,
+                "parameter": method.parameter,
+                "setting": choice.value,
+                "fine_tuned": choice.fine_tuned,
+                "within_tolerance": choice.within,
+                "dense_accuracy": dense_rep,
+                "pruned_accuracy": _accuracy(pruned, report_half, method.seeds),
+                "dense_accuracy_full_test": dense_test,
+                "pruned_accuracy_full_test": _accuracy(pruned, test, method.seeds),
+                "params": params,
+                "param_ratio": dense_params / params,
+                "flop_ratio": dense_flops / count_flops(pruned, inputs[1]),
+                "speedup_b1": float(timing[1].loc["pruned", "speedup"]),
+                "speedup_b256": float(timing[256].loc["pruned", "speedup"]),
+                "dense_ms_b256": 1e3 * float(timing[256].loc["dense", "median_s"]),
+                "pruned_ms_b256": 1e3 * float(timing[256].loc["pruned", "median_s"]),
+                "settings_tried": len(choice.tried),
+                "seconds": time.perf_counter() - start,
+            })
+            row = rows[-1]
+            log(f"    chose {method.parameter}={choice.value} (fine-tuned: {choice.fine_tuned}, "
+                f"within: {choice.within}); speedup b1 {row['speedup_b1']:.2f}x, "
+                f"b256 {row['speedup_b256']:.2f}x")
+    layer = _layer_benchmark(128, 256, num_threads, config.timing_seconds)
+    return pd.DataFrame(rows), layer
+
+
+def _format(table: pd.DataFrame) -> str:
+    shown = table.assign(
+        dense_acc=(100 * table.dense_accuracy).map("{:.2f}".format),
+        pruned_acc=(100 * table.pruned_accuracy).map("{:.2f}".format),
+        params=table.param_ratio.map("{:.1f}x".format),
+        flops=table.flop_ratio.map("{:.1f}x".format),
+        b1=table.speedup_b1.map("{:.2f}x".format),
+        b256=table.speedup_b256.map("{:.2f}x".format),
+        setting=[f"{p}={v:g}" + (" +ft" if ft else "") + ("" if ok else " (none within)")
+                 for p, v, ft, ok in zip(table.parameter, table.setting, table.fine_tuned,
+                                         table.within_tolerance, strict=True)],
+    )
+    columns = ["model", "method", "setting", "dense_acc", "pruned_acc", "params", "flops",
+               "b1", "b256"]
+    return shown[columns].to_string(index=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pruning_utils.benchmark", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--smoke", action="store_true", help="quick run (PRUNING_BOOK_SMOKE=1)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: <data root>/benchmark)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="allowed accuracy drop, as a fraction (default 0.01 = 1 point)")
+    parser.add_argument("--models", nargs="+", default=["large-mlp", "small-cnn"],
+                        choices=["large-mlp", "small-cnn"])
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="only these methods (names as in the table)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if not 0 < args.tolerance < 1:
+        parser.error("--tolerance must be in (0, 1)")
+    if args.smoke:
+        os.environ[SMOKE_ENV] = "1"
+    config = get_config()
+    out = args.out if args.out is not None else data_root() / "benchmark"
+
+    start = time.perf_counter()
+    table, layer = run_benchmark(
+        args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads
+    )
+    seconds = time.perf_counter() - start
+
+    print()
+    print(f"Headline benchmark ({'smoke' if config.smoke else 'full'} mode, Fashion-MNIST, "
+          f"{args.threads} threads; accuracies on the report half of the test set, %):")
+    print(_format(table))
+    print()
+    print(f"One {layer['layer']}, rank {layer['rank']} (r* = {layer['break_even_rank']:.1f}), "
+          f"batch {layer['batch']}: dense {layer['dense_ms']:.2f} ms, factorized "
+          f"{layer['factorized_ms']:.2f} ms, speedup {layer['speedup']:.2f}x "
+          f"(FLOP ratio {layer['flop_ratio']:.1f}x)")
+    print(f"Total time: {seconds:.0f} s")
+
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "headline.csv", index=False)
+    meta = {
+        "mode": "smoke" if config.smoke else "full",
+        "dataset": "fashion-mnist",
+        "threads": args.threads,
+        "tolerance": args.tolerance,
+        "seconds": seconds,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "layer": layer,
+        "rows": table.to_dict(orient="records"),
+    }
+    (out / "headline.json").write_text(json.dumps(meta, indent=2))
+    print(f"Wrote {out / 'headline.csv'} and {out / 'headline.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
