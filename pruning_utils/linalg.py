@@ -145,6 +145,20 @@ def _compute_dtype(name: str, X: Tensor, compute_dtype) -> torch.dtype:
 _SPLITS = ("balanced", "left", "right")
 
 
+def _thin_svd(M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD ``M = U diag(S) Vh``, computed on the tall orientation.
+
+    For a wide ``M`` (m < n) the SVD of ``Mᵀ`` is taken and transposed back: the same
+    factorization (up to the signs of singular-vector pairs, which cancel in ``U diag(S) Vh``),
+    but LAPACK's gesdd was measured 2.5–3× faster on 8192×2048 than on 2048×8192 here (MKL,
+    2 threads, float32 and float64).
+    """
+    if M.shape[0] >= M.shape[1]:
+        return torch.linalg.svd(M, full_matrices=False)
+    V, S, Uh = torch.linalg.svd(M.mT, full_matrices=False)
+    return Uh.mT, S, V.mT
+
+
 def _split_factors(U: Tensor, S: Tensor, Vh: Tensor, split: str) -> tuple[Tensor, Tensor]:
     """Put the singular values into A, B or half into each: U diag(S) Vh = A @ B."""
     if split == "balanced":
@@ -599,7 +613,7 @@ def low_rank_factors(
             generator = torch.Generator(device=W.device).manual_seed(0)
         U, S, Vh = randomized_svd(Wc, rank, _auto_oversample(rank), _AUTO_N_ITER, generator)
     else:
-        U, S, Vh = torch.linalg.svd(Wc, full_matrices=False)
+        U, S, Vh = _thin_svd(Wc)
         if rank is None:
             rank = rank_for_energy(S, energy, rtol=S.numel() * torch.finfo(W.dtype).eps)
         U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
@@ -928,7 +942,7 @@ def _sampled_product(
     counts = torch.bincount(idx.to(A.device), minlength=A.shape[1])
     kept = counts.nonzero().squeeze(1)
     scale = (counts[kept].to(torch.float64) / (samples * p[kept].to(torch.float64))).to(A.dtype)
-    return (A[:, kept] * scale) @ B[kept]
+    return (A.index_select(1, kept) * scale) @ B.index_select(0, kept)
 
 
 def dkm_expected_error(
@@ -1193,6 +1207,8 @@ def whitened_low_rank_factors(
     eps: float = 1e-6,
     split: str = "balanced",
     compute_dtype: torch.dtype | None = torch.float64,
+    method: str = "auto",
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Low-rank factors of ``W`` that minimise the error on the layer's *outputs*.
 
@@ -1231,6 +1247,15 @@ def whitened_low_rank_factors(
         ``"balanced"``, ``"left"`` or ``"right"``, as in :func:`low_rank_factors`.
     compute_dtype:
         Dtype of the Cholesky factor and the SVD (default float64); ``None`` uses W's.
+    method:
+        How the SVD of ``W S`` is computed, as in :func:`low_rank_factors`: ``"full"``
+        (exact), ``"randomized"`` (:func:`randomized_svd` with ``p = rank//4 + 10`` and 4
+        power iterations, within about 1 % of the optimal output error) or ``"auto"``
+        (randomized only for a ``rank`` small against ``min(m, n) ≥ 256``, where it was
+        measured to be faster). ``energy`` always uses the full SVD.
+    generator:
+        Source of the randomized path's test matrix; ``None`` uses a fresh generator
+        seeded with 0.
 
     Returns
     -------
@@ -1245,6 +1270,13 @@ def whitened_low_rank_factors(
     else:
         energy = _check_fraction("energy", energy)
     split = _check_choice("split", split, _SPLITS)
+    method = _check_choice("method", method, ("auto", "full", "randomized"))
+    if rank is None and method == "randomized":
+        raise ValueError(
+            "method='randomized' needs rank=: energy= needs the whole spectrum, "
+            "use method='full' or 'auto'"
+        )
+    _check_generator("generator", generator)
     if not _is_real(eps) or not 0.0 <= float(eps) < math.inf:
         raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
     dtype = _compute_dtype("compute_dtype", W, compute_dtype)
@@ -1280,7 +1312,15 @@ def whitened_low_rank_factors(
             "use eps > 0 for rank-deficient calibration data"
         )
     WS = W.detach().to(dtype) @ S  # m × n
-    U, sigma, Vh = torch.linalg.svd(WS, full_matrices=False)
+    randomized = rank is not None and (
+        method == "randomized" or (method == "auto" and _prefer_randomized(m, n, rank))
+    )
+    if randomized:
+        if generator is None:
+            generator = torch.Generator(device=W.device).manual_seed(0)
+        U, sigma, Vh = randomized_svd(WS, rank, _auto_oversample(rank), _AUTO_N_ITER, generator)
+    else:
+        U, sigma, Vh = _thin_svd(WS)
     if rank is None:
         rank = rank_for_energy(sigma, energy, rtol=sigma.numel() * torch.finfo(W.dtype).eps)
     U, sigma, Vh = U[:, :rank], sigma[:rank], Vh[:rank]

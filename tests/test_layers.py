@@ -410,3 +410,20 @@ def test_layer_estimator_matches_linalg_randomized_matmul():
         ours = _sampled_product(A, B, samples, p, torch.Generator().manual_seed(5))
         theirs = randomized_matmul(A, B, samples, p, generator=torch.Generator().manual_seed(5))
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["weights", "batch"])
+def test_layer_probabilities_match_the_optimal_rule(rule):
+    """The layers' unchecked probabilities equal linalg.sampling_probabilities."""
+    from pruning_utils.linalg import sampling_probabilities
+
+    torch.manual_seed(0)
+    dense = nn.Linear(12, 5)
+    layer = RandomizedLinear.from_linear(dense, samples=4, probabilities=rule)
+    X = torch.randn(7, 12)
+    norms = dense.weight.detach().norm(dim=0).unsqueeze(1)  # 12 × 1
+    if rule == "weights":
+        expected = sampling_probabilities(torch.ones(1, 12), norms)
+    else:
+        expected = sampling_probabilities(norms.T, X.T)
+    torch.testing.assert_close(layer._probabilities(X.T), expected)

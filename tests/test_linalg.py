@@ -1137,6 +1137,47 @@ def test_whitened_rank_deficient_data_needs_ridge():
     assert output_error(W, A @ B, X) <= output_error(W, Ap @ Bp, X)
 
 
+def test_whitened_randomized_path_near_optimal_and_reproducible():
+    # min(m, n) = 256 and rank 16: "auto" takes the randomized path (p = 14, q = 4)
+    W = torch.randn(256, 320, dtype=f64, generator=gen(19))
+    X = correlated_data(600, 320, seed=20)
+    full = output_error(W, _product(W, X, "full"), X)
+    for method in ("auto", "randomized"):
+        ours = output_error(W, _product(W, X, method, gen(21)), X)
+        assert full * (1 - 1e-12) <= ours <= 1.01 * full
+    first, again = (_product(W, X, "randomized", gen(3)) for _ in range(2))
+    torch.testing.assert_close(first, again)
+
+
+def _product(W, X, method, generator=None):
+    A, B = whitened_low_rank_factors(W, X, rank=16, method=method, generator=generator)
+    return A @ B
+
+
+def test_low_rank_factors_wide_matrix_full_path_is_optimal():
+    W = torch.randn(7, 13, dtype=f64, generator=gen(22))  # wide: the SVD runs on Wᵀ
+    s = np.linalg.svd(W.numpy(), compute_uv=False)
+    for r in (1, 3, 6):
+        A, B = low_rank_factors(W, r, method="full")
+        assert math.isclose(float(torch.linalg.norm(W - A @ B)), np.sqrt(np.sum(s[r:] ** 2)),
+                            rel_tol=1e-10)
+        C, D = low_rank_factors(W.mT.contiguous(), r, method="full")
+        torch.testing.assert_close(A @ B, (C @ D).mT)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(rank=2, method="both"), ValueError, "method"),
+        (dict(energy=0.5, method="randomized"), ValueError, "needs rank="),
+        (dict(rank=2, generator=0), TypeError, "generator must be a torch.Generator"),
+    ],
+)
+def test_whitened_bad_method(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        whitened_low_rank_factors(torch.ones(4, 6), torch.randn(10, 6, generator=gen(0)), **kwargs)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
