@@ -37,6 +37,7 @@ from pruning_utils.linalg import (
     _sampled_product,
     conv_weight_matrix,
     low_rank_factors,
+    sampling_probabilities,
     whitened_low_rank_factors,
 )
 
@@ -704,15 +705,11 @@ class _Sampled(nn.Module):
         """
         if self.training:  # weights may have changed since the last call
             self.refresh_probabilities()
-        # The optimal rule p_k ∝ |A^(k)|·|B_(k)| of linalg.sampling_probabilities, computed
-        # here without its argument checks, which would cost more than the sampled product.
-        weights = self.weight_norms
-        if self.probabilities == "batch":
-            weights = weights * inputs.norm(dim=1)
-        total = weights.sum()
-        if not bool(total > 0):  # a zero product: every estimate is 0, sample uniformly
-            return torch.full_like(weights, 1.0 / weights.numel())
-        return weights / total
+        norms = self.weight_norms.unsqueeze(1)  # inner × 1: its row norms are the weight norms
+        if self.probabilities == "weights":
+            ones = torch.ones(1, norms.shape[0], dtype=norms.dtype, device=norms.device)
+            return sampling_probabilities(ones, norms)
+        return sampling_probabilities(norms.T, inputs)
 
     def refresh_probabilities(self) -> None:
         """Recompute the cached weight norms from the current weights."""

@@ -942,7 +942,7 @@ def _sampled_product(
     counts = torch.bincount(idx.to(A.device), minlength=A.shape[1])
     kept = counts.nonzero().squeeze(1)
     scale = (counts[kept].to(torch.float64) / (samples * p[kept].to(torch.float64))).to(A.dtype)
-    return (A.index_select(1, kept) * scale) @ B.index_select(0, kept)
+    return (A[:, kept] * scale) @ B[kept]
 
 
 def dkm_expected_error(
