@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from pruning_utils.surgery import LayerChange, PruningReport
+from pruning_utils.surgery import LayerChange, PruningReport, _Leaf, _leaves
 
 __all__ = ["magnitude_prune", "l1_structured_prune"]
 
@@ -169,32 +168,6 @@ def magnitude_prune(
 
 
 # ----------------------------------------------------------------------------- L1 structured
-
-
-@dataclass
-class _Leaf:
-    parent: nn.Module
-    key: str
-    path: str
-
-    @property
-    def module(self) -> nn.Module:
-        return self.parent._modules[self.key]
-
-    def replace(self, new: nn.Module) -> None:
-        setattr(self.parent, self.key, new)
-
-
-def _leaves(seq: nn.Sequential, prefix: str = "") -> list[_Leaf]:
-    """Children of a Sequential in execution order, nested plain Sequentials flattened."""
-    out = []
-    for key, child in seq.named_children():
-        path = f"{prefix}{key}"
-        if isinstance(child, nn.Sequential) and type(child).forward is nn.Sequential.forward:
-            out += _leaves(child, path + ".")
-        else:
-            out.append(_Leaf(seq, key, path))
-    return out
 
 
 def _is_weighted(module: nn.Module) -> bool:
