@@ -99,7 +99,8 @@ def test_missing_data_error_is_fast_and_says_what_to_do(tmp_path, no_system_copy
 def test_offline_probe_gives_up_within_timeout(monkeypatch):
     # name resolution ignores socket timeouts: simulate a lookup that hangs
     def hang(*args, **kwargs):
-        time.sleep(30)
+        time.sleep(5)
+        raise TimeoutError("the lookup finally gave up")
 
     monkeypatch.setattr(data.socket, "create_connection", hang)
     start = time.perf_counter()
