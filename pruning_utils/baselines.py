@@ -24,7 +24,14 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from pruning_utils.surgery import LayerChange, PruningReport, _Leaf, _leaves
+from pruning_utils.surgery import (
+    LayerChange,
+    PruningReport,
+    _Leaf,
+    _leaves,
+    _new_conv,
+    _new_linear,
+)
 
 __all__ = ["magnitude_prune", "l1_structured_prune"]
 
@@ -193,7 +200,8 @@ def _kept_units(layer: nn.Module, fraction: float) -> torch.Tensor:
     return order[:k].sort().values
 
 
-def _sliced_linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None):
+def _sliced(layer: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Module:
+    """A copy of a Linear or Conv2d keeping output units ``rows`` and input units ``cols``."""
     weight = layer.weight.detach()
     bias = layer.bias.detach() if layer.bias is not None else None
     if rows is not None:
@@ -201,45 +209,9 @@ def _sliced_linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tens
         bias = bias[rows] if bias is not None else None
     if cols is not None:
         weight = weight[:, cols]
-    new = nn.Linear(
-        weight.shape[1], weight.shape[0], bias=bias is not None,
-        device=weight.device, dtype=weight.dtype,
-    )  # fmt: skip
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.train(layer.training)
-    return new
-
-
-def _sliced_conv(layer: nn.Conv2d, rows: torch.Tensor | None, cols: torch.Tensor | None):
-    weight = layer.weight.detach()
-    bias = layer.bias.detach() if layer.bias is not None else None
-    if rows is not None:
-        weight = weight[rows]
-        bias = bias[rows] if bias is not None else None
-    if cols is not None:
-        weight = weight[:, cols]
-    new = nn.Conv2d(
-        weight.shape[1],
-        weight.shape[0],
-        layer.kernel_size,
-        stride=layer.stride,
-        padding=layer.padding,
-        dilation=layer.dilation,
-        groups=1,
-        bias=bias is not None,
-        padding_mode=layer.padding_mode,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.train(layer.training)
-    return new
+    if isinstance(layer, nn.Conv2d):
+        return _new_conv(weight, bias, layer)
+    return _new_linear(weight, bias, layer)
 
 
 def _sliced_batchnorm(bn: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor):
@@ -397,8 +369,7 @@ def l1_structured_prune(
             keep = None if is_last else _kept_units(layer, fractions.get(leaf.path, 0.0))
             rows = keep if keep is not None and len(keep) < units else None
             if rows is not None or cols is not None:
-                make = _sliced_conv if isinstance(layer, nn.Conv2d) else _sliced_linear
-                new = make(layer, rows, cols)
+                new = _sliced(layer, rows, cols)
                 leaf.replace(new)
                 removed = units - new.weight.shape[0]
                 changes.append(
@@ -410,7 +381,8 @@ def l1_structured_prune(
                         params_before=_count(layer),
                         params_after=_count(new),
                         width=None if is_last else int(new.weight.shape[0]),
-                        note=f"removed {removed} of {units} units" if rows is not None
+                        note=f"removed {removed} of {units} units"
+                        if rows is not None
                         else "inputs sliced",
                     )
                 )
@@ -444,4 +416,3 @@ def l1_structured_prune(
         params_after=_count(pruned),
     )
     return pruned
-
