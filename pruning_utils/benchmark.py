@@ -2,11 +2,12 @@
 
 Run it with ``python -m pruning_utils.benchmark`` (``--smoke`` for a quick run). For the
 LargeMLP and the SmallCNN trained on Fashion-MNIST (:func:`~pruning_utils.train.trained_model`)
-and for every method, it walks the method's grid from the most compressed setting to the
-least and keeps the first one whose accuracy stays within ``--tolerance`` (1 percentage
-point) of the dense model; where the method allows it, settings that fail are given one
-epoch of fine-tuning, and a bisection over the grid finds the most compressed setting that
-passes after fine-tuning.
+and for every method, it bisects the method's grid (ordered from the most compressed setting
+to the least, accuracy assumed to grow along it) for the most compressed setting whose
+accuracy stays within ``--tolerance`` (1 percentage point) of the dense model; where the
+method allows it, a second bisection over the settings that failed gives each one epoch of
+fine-tuning on a fixed random subset of the training split (``--fine-tune-images``, 10,000
+by default) and finds the most compressed setting that passes after it.
 
 The choice is made on one half of the test set (the *selection* half, 5,000 images) and
 the accuracies reported are measured on the other half (the *report* half) and on the whole
@@ -192,11 +193,13 @@ def find_setting(
 ) -> Choice:
     """The most compressed setting of ``method`` whose accuracy is within ``tolerance``.
 
-    First pass: settings in grid order (most compressed first), no fine-tuning, stopping at
-    the first that passes (index ``i0``). Second pass, if the method is fine-tunable and
-    ``fine_tune_data`` is given: bisection over the settings before ``i0`` (assuming that
-    accuracy after fine-tuning grows with the setting), one epoch of fine-tuning each.
-    When no setting passes, the least compressed one is returned with ``within=False``.
+    Accuracy is assumed to grow with the setting (the grid runs from the most compressed
+    setting to the least), so both passes bisect the grid. First pass, no fine-tuning: the
+    most compressed setting that passes (index ``i0``); a setting the method rejects (a
+    ``ValueError``, e.g. nothing left to prune) counts as failing. Second pass, if the
+    method is fine-tunable and ``fine_tune_data`` is given: bisection over the settings
+    before ``i0``, one epoch of fine-tuning each. When no setting passes, the least
+    compressed one is returned with ``within=False``.
     """
     threshold = dense_accuracy - tolerance
     tried: list[dict] = []
@@ -208,19 +211,23 @@ def find_setting(
         return models[i]
 
     passing = None
-    for i, value in enumerate(method.grid):
+    lo, hi = 0, len(method.grid)
+    while lo < hi:  # the most compressed index in [lo, hi) that passes without fine-tuning
+        mid = (lo + hi) // 2
+        value = method.grid[mid]
         try:
-            model = prune(i)
+            model = prune(mid)
         except ValueError as exc:  # e.g. nothing to prune at this setting
             tried.append({"value": value, "error": str(exc)})
+            lo = mid + 1
             continue
         acc = _accuracy(model, selection, method.seeds)
         tried.append({"value": value, "fine_tuned": False, "selection_accuracy": acc})
         log(f"    {method.parameter}={value:g}: selection accuracy {acc:.4f}")
         if acc >= threshold:
-            passing = i
-            break
-        del models[i]  # keep memory bounded: only the last candidates are needed
+            passing, hi = mid, mid
+        else:
+            lo = mid + 1
     choice = Choice(
         value=None if passing is None else method.grid[passing],
         model=None if passing is None else models[passing],
@@ -228,9 +235,18 @@ def find_setting(
         within=passing is not None,
         tried=tried,
     )
-    if not method.fine_tunable or fine_tune_data is None:
-        return choice
+    if method.fine_tunable and fine_tune_data is not None:
+        choice = _fine_tuned_choice(choice, method, prune, passing, selection, threshold,
+                                    fine_tune_data, tried, log)
+    if not choice.within:  # report the least compressed setting, plainly marked
+        last = len(method.grid) - 1
+        choice = Choice(method.grid[last], prune(last), False, False, tried)
+    return choice
 
+
+def _fine_tuned_choice(choice, method, prune, passing, selection, threshold, fine_tune_data,
+                       tried, log) -> Choice:
+    """Second pass of :func:`find_setting`: bisection with one epoch of fine-tuning."""
     lo, hi = 0, (passing if passing is not None else len(method.grid))
     while lo < hi:  # the most compressed index in [lo, hi) that passes after fine-tuning
         mid = (lo + hi) // 2
@@ -248,10 +264,6 @@ def find_setting(
             hi = mid
         else:
             lo = mid + 1
-        models.pop(mid, None)
-    if not choice.within:  # report the least compressed setting, plainly marked
-        last = len(method.grid) - 1
-        choice = Choice(method.grid[last], prune(last), False, False, tried)
     return choice
 
 
@@ -285,14 +297,22 @@ def run_benchmark(
     methods: Sequence[str] | None = None,
     tolerance: float = 0.01,
     num_threads: int = 2,
+    fine_tune_images: int | None = 10_000,
     log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, dict]:
-    """Run the benchmark and return ``(table, layer result)``; see the module docstring."""
+    """Run the benchmark and return ``(table, layer result)``; see the module docstring.
+
+    One epoch of fine-tuning runs over ``fine_tune_images`` training images (a fixed random
+    subset; ``None``: the whole training split, capped by the configuration's subset).
+    """
     config = get_config()
     torch.set_num_threads(num_threads)
     test = load_dataset("fashion-mnist", "test", subset=config.test_subset)
     report_half, selection_half = train_val_split(test, val_fraction=0.5, seed=0)
-    train_data = load_dataset("fashion-mnist", "train", subset=config.train_subset)
+    sizes = [n for n in (config.train_subset, fine_tune_images) if n is not None]
+    train_data = load_dataset(
+        "fashion-mnist", "train", subset=min(sizes) if sizes else None, seed=2
+    )
     calibration = load_dataset(
         "fashion-mnist", "train", subset=config.calibration_size, seed=1
     ).tensors[0]
@@ -387,6 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: <data root>/benchmark)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--fine-tune-images", type=int, default=10_000,
+                        help="training images in the one epoch of fine-tuning (default 10000; "
+                             "0: the whole training split)")
     parser.add_argument("--tolerance", type=float, default=0.01,
                         help="allowed accuracy drop, as a fraction (default 0.01 = 1 point)")
     parser.add_argument("--models", nargs="+", default=["large-mlp", "small-cnn"],
@@ -396,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.fine_tune_images < 0:
+        parser.error("--fine-tune-images must be >= 0")
     if not 0 < args.tolerance < 1:
         parser.error("--tolerance must be in (0, 1)")
     if args.smoke:
@@ -405,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     table, layer = run_benchmark(
-        args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads
+        args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads,
+        fine_tune_images=args.fine_tune_images or None,
     )
     seconds = time.perf_counter() - start
 
@@ -427,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": "fashion-mnist",
         "threads": args.threads,
         "tolerance": args.tolerance,
+        "fine_tune_images": args.fine_tune_images or None,
         "seconds": seconds,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from pruning_utils import benchmark
 from pruning_utils.config import SMOKE_ENV
@@ -54,3 +55,40 @@ def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         benchmark.main(argv)
     assert message in capsys.readouterr().err
+
+
+def _scaled_model(value: float) -> torch.nn.Module:
+    """A linear classifier that is exact at ``value >= 0.5`` and useless below."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        if value < 0.5:
+            model[1].weight.mul_(-1)
+    return model
+
+
+def test_find_setting_returns_the_most_compressed_passing_setting():
+    x = torch.zeros(40, 4)
+    y = torch.arange(40) % 2
+    x[torch.arange(40), y] = 1.0
+    data = torch.utils.data.TensorDataset(x, y)
+    grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    calls = []
+
+    def apply(model, value, calibration):
+        calls.append(value)
+        return _scaled_model(value)
+
+    method = benchmark.Method("toy", "value", grid, apply, fine_tunable=False)
+    choice = benchmark.find_setting(
+        _scaled_model(1.0), method, data, x, dense_accuracy=1.0, log=lambda _: None
+    )
+    assert choice.value == 0.5 and choice.within and not choice.fine_tuned
+    assert len(calls) <= 4  # bisection, not a walk over the nine settings
+
+    failing = benchmark.Method("never", "value", grid, lambda m, v, c: _scaled_model(0.0),
+                               fine_tunable=False)
+    choice = benchmark.find_setting(
+        _scaled_model(1.0), failing, data, x, dense_accuracy=1.0, log=lambda _: None
+    )
+    assert not choice.within and choice.value == grid[-1]
