@@ -32,7 +32,7 @@ def markdown(meta: dict) -> str:
     layer = meta["layer"]
     lines.append("")
     lines.append(
-        f"One {layer['layer']} layer at rank {layer['rank']}, batch {layer['batch']}: "
+        f"Single layer, {layer['layer']}, at rank {layer['rank']}, batch {layer['batch']}: "
         f"{layer['speedup']:.2f}× faster than dense (FLOP ratio {layer['flop_ratio']:.1f}×). "
         f"{meta['mode'].capitalize()} run, {meta['threads']} threads, "
         f"{meta['seconds'] / 60:.0f} minutes, torch {meta['torch']}."
