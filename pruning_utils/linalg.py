@@ -738,6 +738,8 @@ def pca(
 
     Centre, ``X − μ = U Σ Vᵀ``; the components are the rows of ``Vᵀ`` and the explained
     variances ``σ_i² / (N − 1)``, as in scikit-learn's ``PCA(svd_solver="full")``.
+    At most one of ``variance`` and ``n_components`` may be given; with neither, all
+    ``min(N, d)`` components are kept.
 
     Parameters
     ----------
@@ -752,9 +754,6 @@ def pca(
     compute_dtype:
         Dtype of the SVD (default float64); ``None`` uses X's dtype. Results come back
         in X's dtype.
-
-    At most one of ``variance`` and ``n_components``; with neither, all ``min(N, d)``
-    components are kept.
 
     Returns
     -------

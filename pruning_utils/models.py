@@ -78,7 +78,8 @@ class MLP(nn.Sequential):
 
     Layer ``i`` computes ``h_i = act(W_i h_{i-1} + b_i)`` with ``W_i`` of shape
     ``widths[i] × widths[i-1]`` (``out_features × in_features``); the last layer has no
-    activation (it returns logits).
+    activation (it returns logits). Children are named ``flatten``, ``fc1``, ``act1``, ...,
+    ``fcK``.
 
     Parameters
     ----------
@@ -89,8 +90,6 @@ class MLP(nn.Sequential):
         ``nn.Tanh``), or ``None`` for no activation at all. With ``None`` the network is
         one linear map ``x ↦ W_K ⋯ W_1 x + b`` of rank at most ``min(widths)``, which is
         how the original work built its MLPs.
-
-    Children are named ``flatten``, ``fc1``, ``act1``, ..., ``fcK``.
     """
 
     def __init__(self, widths: Sequence[int], activation: ActivationArg = "relu") -> None:

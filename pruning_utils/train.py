@@ -519,7 +519,8 @@ def train_or_load(
     name:
         Name used in the cache key (required for an anonymous factory).
     device:
-        Where to train and where the returned model lives; default :func:`get_device`.
+        Where to train and where the returned model lives; default
+        :func:`~pruning_utils.config.get_device`.
     root:
         Data root holding ``weights/`` (default :func:`~pruning_utils.config.data_root`).
     retrain:
