@@ -18,7 +18,14 @@ and the pruned model timed interleaved in the same run
 It ends with one 2048×8192 layer factorized at rank 128, timed against the dense layer.
 
 The table is printed and written as ``headline.csv`` and ``headline.json`` (with the run's
-settings and duration) to ``--out`` (default ``<data root>/benchmark``).
+settings, duration and the machine's load average) to ``--out`` (default
+``<data root>/benchmark``).
+
+Timings are only as good as the machine was quiet. ``--retime`` keeps the choices and the
+accuracies of an earlier run in ``--out`` and measures the speedups again: it rebuilds each
+chosen architecture from the dense model (fine-tuning changes weights, not shapes, so the
+timing is the same), checks its parameter count against the table, and times it against
+the dense model. The json keeps the superseded speedups and the load of both runs.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ from pruning_utils.data import load_dataset, train_val_split
 from pruning_utils.layers import LowRankLinear
 from pruning_utils.train import evaluate, fine_tune, trained_model
 
-__all__ = ["Method", "MLP_METHODS", "CNN_METHODS", "find_setting", "run_benchmark", "main"]
+__all__ = [
+    "Method", "MLP_METHODS", "CNN_METHODS", "find_setting", "run_benchmark", "retime_benchmark",
+    "main",
+]
 
 Transform = Callable[[nn.Module, float, torch.Tensor], nn.Module]
 
@@ -267,6 +277,36 @@ def _fine_tuned_choice(choice, method, prune, passing, selection, threshold, fin
     return choice
 
 
+def _timing_inputs(images: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The timing batches: the first 1 and 256 test images (repeated if there are fewer)."""
+    return {b: images[:b].clone() if b <= len(images) else images.repeat(
+        math.ceil(b / len(images)), 1, 1, 1)[:b].clone() for b in (1, 256)}
+
+
+def _time_pair(dense: nn.Module, pruned: nn.Module, inputs: dict[int, torch.Tensor],
+               num_threads: int) -> dict[str, float]:
+    """Speedups at batch 1 and 256 and the batch-256 times, dense and pruned interleaved."""
+    timing = {
+        b: compare_latency({"dense": dense, "pruned": pruned}, x, num_threads=num_threads,
+                           rounds=5)
+        for b, x in inputs.items()
+    }
+    return {
+        "speedup_b1": float(timing[1].loc["pruned", "speedup"]),
+        "speedup_b256": float(timing[256].loc["pruned", "speedup"]),
+        "dense_ms_b256": 1e3 * float(timing[256].loc["dense", "median_s"]),
+        "pruned_ms_b256": 1e3 * float(timing[256].loc["pruned", "median_s"]),
+    }
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages, where the system reports them."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _layer_benchmark(rank: int, batch: int, num_threads: int, seconds: float) -> dict:
     """One 2048×8192 layer (random weights) against its rank-``rank`` factorization."""
     gen = seed_everything(0)
@@ -316,9 +356,7 @@ def run_benchmark(
     calibration = load_dataset(
         "fashion-mnist", "train", subset=config.calibration_size, seed=1
     ).tensors[0]
-    images = test.tensors[0]
-    inputs = {b: images[:b].clone() if b <= len(images) else images.repeat(
-        math.ceil(b / len(images)), 1, 1, 1)[:b].clone() for b in (1, 256)}
+    inputs = _timing_inputs(test.tensors[0])
 
     rows = []
     for name in models:
@@ -347,11 +385,7 @@ def run_benchmark(
                 tolerance=tolerance, fine_tune_data=train_data, log=log,
             )
             pruned = choice.model
-            timing = {
-                b: compare_latency({"dense": dense, "pruned": pruned}, x,
-                                   num_threads=num_threads, rounds=5)
-                for b, x in inputs.items()
-            }
+            timing = _time_pair(dense, pruned, inputs, num_threads)
             params = count_params(pruned, nonzero=method.name.startswith("magnitude"))
             rows.append({
                 "model": name,
@@ -367,10 +401,7 @@ def run_benchmark(
                 "params": params,
                 "param_ratio": dense_params / params,
                 "flop_ratio": dense_flops / count_flops(pruned, inputs[1]),
-                "speedup_b1": float(timing[1].loc["pruned", "speedup"]),
-                "speedup_b256": float(timing[256].loc["pruned", "speedup"]),
-                "dense_ms_b256": 1e3 * float(timing[256].loc["dense", "median_s"]),
-                "pruned_ms_b256": 1e3 * float(timing[256].loc["pruned", "median_s"]),
+                **timing,
                 "settings_tried": len(choice.tried),
                 "seconds": time.perf_counter() - start,
             })
@@ -378,6 +409,62 @@ def run_benchmark(
             log(f"    chose {method.parameter}={choice.value} (fine-tuned: {choice.fine_tuned}, "
                 f"within: {choice.within}); speedup b1 {row['speedup_b1']:.2f}x, "
                 f"b256 {row['speedup_b256']:.2f}x")
+    layer = _layer_benchmark(128, 256, num_threads, config.timing_seconds)
+    return pd.DataFrame(rows), layer
+
+
+def retime_benchmark(
+    meta: dict,
+    *,
+    num_threads: int = 2,
+    log: Callable[[str], None] = print,
+) -> tuple[pd.DataFrame, dict]:
+    """Time the choices of an earlier run again; return ``(table, layer result)``.
+
+    ``meta`` is the content of that run's ``headline.json``. Every row's architecture is
+    rebuilt from the dense model with the recorded method and setting (and the same
+    calibration data), its parameter count is checked against the table, and dense and
+    pruned are timed interleaved at batch 1 and 256. Only the four timing columns change.
+    """
+    config = get_config()
+    mode = "smoke" if config.smoke else "full"
+    if meta.get("mode") != mode:
+        raise ValueError(
+            f"the results come from a {meta.get('mode')!r} run but the current mode is "
+            f"{mode!r}; set {SMOKE_ENV} to match (pass --smoke for a smoke run)"
+        )
+    torch.set_num_threads(num_threads)
+    test = load_dataset("fashion-mnist", "test", subset=config.test_subset)
+    calibration = load_dataset(
+        "fashion-mnist", "train", subset=config.calibration_size, seed=1
+    ).tensors[0]
+    inputs = _timing_inputs(test.tensors[0])
+    rows = [dict(row) for row in meta["rows"]]
+    dense_models: dict[str, nn.Module] = {}
+    for row in rows:
+        name = row["model"]
+        if name not in ("large-mlp", "small-cnn"):
+            raise ValueError(f"model must be 'large-mlp' or 'small-cnn', got {name!r}")
+        known = {m.name: m for m in _methods(cnn=name == "small-cnn", seeds=())}
+        if row["method"] not in known:
+            raise ValueError(
+                f"method {row['method']!r} of {name} is not one of {sorted(known)}"
+            )
+        method = known[row["method"]]
+        if name not in dense_models:
+            dense_models[name] = trained_model(name, progress=False)
+        dense = dense_models[name]
+        pruned = method.apply(dense, row["setting"], calibration)
+        params = count_params(pruned, nonzero=method.name.startswith("magnitude"))
+        if params != row["params"]:
+            raise RuntimeError(
+                f"{name}, {method.name} at {method.parameter}={row['setting']:g} rebuilt with "
+                f"{params:,} parameters but the table has {row['params']:,}: the results do "
+                "not come from these weights and data"
+            )
+        row.update(_time_pair(dense, pruned, inputs, num_threads))
+        log(f"  {name}, {method.name}: speedup b1 {row['speedup_b1']:.2f}x, "
+            f"b256 {row['speedup_b256']:.2f}x")
     layer = _layer_benchmark(128, 256, num_threads, config.timing_seconds)
     return pd.DataFrame(rows), layer
 
@@ -416,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=["large-mlp", "small-cnn"])
     parser.add_argument("--methods", nargs="+", default=None,
                         help="only these methods (names as in the table)")
+    parser.add_argument("--retime", action="store_true",
+                        help="keep the choices in --out/headline.json and time them again")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -423,11 +512,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--fine-tune-images must be >= 0")
     if not 0 < args.tolerance < 1:
         parser.error("--tolerance must be in (0, 1)")
+    if args.retime and args.methods is not None:
+        parser.error("--retime times every row of the earlier run; drop --methods")
     if args.smoke:
         os.environ[SMOKE_ENV] = "1"
     config = get_config()
     out = args.out if args.out is not None else data_root() / "benchmark"
+    if args.retime:
+        return _retime(out, args.threads)
 
+    load_start = _load_average()
     start = time.perf_counter()
     table, layer = run_benchmark(
         args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads,
@@ -435,15 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - start
 
-    print()
-    print(f"Headline benchmark ({'smoke' if config.smoke else 'full'} mode, Fashion-MNIST, "
-          f"{args.threads} threads; accuracies on the report half of the test set, %):")
-    print(_format(table))
-    print()
-    print(f"One {layer['layer']}, rank {layer['rank']} (r* = {layer['break_even_rank']:.1f}), "
-          f"batch {layer['batch']}: dense {layer['dense_ms']:.2f} ms, factorized "
-          f"{layer['factorized_ms']:.2f} ms, speedup {layer['speedup']:.2f}x "
-          f"(FLOP ratio {layer['flop_ratio']:.1f}x)")
+    _print_results(table, layer, "smoke" if config.smoke else "full", args.threads)
     print(f"Total time: {seconds:.0f} s")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -455,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tolerance": args.tolerance,
         "fine_tune_images": args.fine_tune_images or None,
         "seconds": seconds,
+        "load_average": {"start": load_start, "end": _load_average()},
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -464,6 +551,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (out / "headline.json").write_text(json.dumps(meta, indent=2))
     print(f"Wrote {out / 'headline.csv'} and {out / 'headline.json'}")
+    return 0
+
+
+def _print_results(table: pd.DataFrame, layer: dict, mode: str, threads: int) -> None:
+    print()
+    print(f"Headline benchmark ({mode} mode, Fashion-MNIST, "
+          f"{threads} threads; accuracies on the report half of the test set, %):")
+    print(_format(table))
+    print()
+    print(f"One {layer['layer']}, rank {layer['rank']} (r* = {layer['break_even_rank']:.1f}), "
+          f"batch {layer['batch']}: dense {layer['dense_ms']:.2f} ms, factorized "
+          f"{layer['factorized_ms']:.2f} ms, speedup {layer['speedup']:.2f}x "
+          f"(FLOP ratio {layer['flop_ratio']:.1f}x)")
+
+
+_TIMING_COLUMNS = ("speedup_b1", "speedup_b256", "dense_ms_b256", "pruned_ms_b256")
+
+
+def _retime(out: Path, threads: int) -> int:
+    """``--retime``: time the choices in ``out/headline.json`` again and rewrite both files."""
+    path = out / "headline.json"
+    if not path.is_file():
+        raise SystemExit(f"--retime needs the results of a run: {path} does not exist")
+    meta = json.loads(path.read_text())
+    load_start = _load_average()
+    start = time.perf_counter()
+    table, layer = retime_benchmark(meta, num_threads=threads)
+    seconds = time.perf_counter() - start
+    superseded = {
+        "threads": meta["threads"],
+        "load_average": meta.get("load_average"),
+        "layer_speedup": meta["layer"]["speedup"],
+        "rows": [{"model": r["model"], "method": r["method"],
+                  **{c: r[c] for c in _TIMING_COLUMNS}} for r in meta["rows"]],
+    }
+    meta.setdefault("superseded_timings", []).append(superseded)
+    meta.update(threads=threads, layer=layer, rows=table.to_dict(orient="records"))
+    meta["timing_run"] = {"seconds": seconds,
+                          "load_average": {"start": load_start, "end": _load_average()}}
+    _print_results(table, layer, meta["mode"], threads)
+    print(f"Timing took {seconds:.0f} s")
+    table.to_csv(out / "headline.csv", index=False)
+    path.write_text(json.dumps(meta, indent=2))
+    print(f"Rewrote {out / 'headline.csv'} and {path}")
     return 0
 
 

@@ -46,7 +46,56 @@ def test_smoke_run_writes_a_consistent_table(tmp_path, monkeypatch):
     assert layer["speedup"] > 0
 
 
+def test_retime_keeps_choices_and_accuracies(tmp_path, monkeypatch):
+    monkeypatch.setenv(SMOKE_ENV, "1")
+    assert benchmark.main([
+        "--smoke", "--out", str(tmp_path), "--models", "large-mlp",
+        "--methods", "L1 units (baseline)", "PCA interpolative",
+    ]) == 0
+    before = json.loads((tmp_path / "headline.json").read_text())
+    assert benchmark.main(["--smoke", "--out", str(tmp_path), "--retime"]) == 0
+    after = json.loads((tmp_path / "headline.json").read_text())
+    assert len(after["rows"]) == len(before["rows"]) == 2
+    timing = set(benchmark._TIMING_COLUMNS)
+    for old, new in zip(before["rows"], after["rows"], strict=True):
+        # everything but the four timing columns is carried over unchanged
+        assert {k: v for k, v in old.items() if k not in timing} == {
+            k: v for k, v in new.items() if k not in timing}
+        assert all(new[c] > 0 for c in timing)
+    superseded = after["superseded_timings"][0]["rows"]
+    assert [r["speedup_b256"] for r in superseded] == [
+        r["speedup_b256"] for r in before["rows"]]
+    assert after["timing_run"]["seconds"] > 0
+    table = pd.read_csv(tmp_path / "headline.csv")
+    assert list(table.speedup_b1) == pytest.approx([r["speedup_b1"] for r in after["rows"]])
+
+
+def test_retime_rejects_results_from_other_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv(SMOKE_ENV, "1")
+    assert benchmark.main([
+        "--smoke", "--out", str(tmp_path), "--models", "large-mlp",
+        "--methods", "L1 units (baseline)",
+    ]) == 0
+    meta = json.loads((tmp_path / "headline.json").read_text())
+    with pytest.raises(RuntimeError, match="parameters but the table has"):
+        benchmark.retime_benchmark(
+            {**meta, "rows": [{**meta["rows"][0], "params": 12345}]}, log=lambda _: None)
+    with pytest.raises(ValueError, match="current mode is 'smoke'"):
+        benchmark.retime_benchmark({**meta, "mode": "full"}, log=lambda _: None)
+    with pytest.raises(ValueError, match="method 'no such method'"):
+        benchmark.retime_benchmark(
+            {**meta, "rows": [{**meta["rows"][0], "method": "no such method"}]},
+            log=lambda _: None)
+
+
+def test_retime_needs_earlier_results(tmp_path, monkeypatch):
+    monkeypatch.setenv(SMOKE_ENV, "1")
+    with pytest.raises(SystemExit, match="does not exist"):
+        benchmark.main(["--smoke", "--out", str(tmp_path), "--retime"])
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--retime", "--methods", "magnitude (baseline)"], "drop --methods"),
     (["--threads", "0"], "--threads"),
     (["--tolerance", "2"], "--tolerance"),
     (["--models", "resnet50"], "invalid choice"),
