@@ -6,7 +6,7 @@ Dependencies point one way: ``linalg`` (pure functions on tensors) <- ``layers``
 harness (``data``, ``models``, ``train``, ``bench``, ``plots``, ``config``).
 """
 
-from pruning_utils.baselines import l1_structured_prune, magnitude_prune
+
 from pruning_utils.bench import (
     LatencyResult,
     break_even_report,
@@ -35,6 +35,7 @@ from pruning_utils.layers import (
 )
 from pruning_utils.linalg import (
     PCAResult,
+    Spectrum,
     break_even_rank,
     conv2d_as_matmul,
     conv_break_even_rank,
@@ -63,6 +64,7 @@ from pruning_utils.models import (
     SmallCNN,
     build_model,
 )
+from pruning_utils.nnutils import capture_inputs
 from pruning_utils.plots import (
     DENSE_COLOR,
     PALETTE,
@@ -78,10 +80,14 @@ from pruning_utils.surgery import (
     PCA_METHODS,
     SCHEMES,
     LayerChange,
+    LowRankFit,
+    PrunedModelFileError,
     PruningReport,
     fold_batchnorm,
+    l1_structured_prune,
     load_pruned,
     low_rank,
+    magnitude_prune,
     pca_prune,
     randomize,
     save_pruned,

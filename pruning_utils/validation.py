@@ -219,7 +219,8 @@ def check_layer_types(
     layers: object, allowed: Sequence[type] = (nn.Linear, nn.Conv2d), name: str = "layers"
 ) -> tuple[type, ...]:
     """A non-empty tuple of layer types drawn from ``allowed`` (a single type is accepted)."""
-    names = ", ".join(f"nn.{k.__name__}" for k in allowed)
+    listed = [f"nn.{k.__name__}" for k in allowed]
+    names = " and ".join([", ".join(listed[:-1]), listed[-1]] if len(listed) > 1 else listed)
     if isinstance(layers, type):
         layers = (layers,)
     if not isinstance(layers, (tuple, list)) or not layers:
