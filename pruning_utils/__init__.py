@@ -55,6 +55,14 @@ from pruning_utils.linalg import (
     truncated_svd,
     whitened_low_rank_factors,
 )
+from pruning_utils.methods import (
+    METHODS,
+    Method,
+    get_method,
+    methods_for,
+    most_compressed_within,
+    register_method,
+)
 from pruning_utils.models import (
     MLP,
     MODEL_NAMES,
@@ -92,7 +100,7 @@ from pruning_utils.surgery import (
     randomize,
     save_pruned,
 )
-from pruning_utils.sweeps import METHODS, MethodSpec, summarize, sweep
+from pruning_utils.sweeps import summarize, sweep
 from pruning_utils.train import (
     BOOK_RECIPES,
     TrainHistory,

@@ -4,6 +4,7 @@
 :func:`model_device`     the device of a model's parameters (CPU when it has none)
 :func:`model_dtype`      the floating dtype of a model's parameters
 :func:`eval_mode`        a ``with`` block in eval mode, each module's flag restored
+:func:`seeded`           a ``with`` block with torch's generators seeded (CPU and CUDA)
 :func:`to_model`         move inputs to the model's device (and floating dtype)
 :func:`set_module`       replace the submodule at a dotted path
 :func:`capture_inputs`   the inputs that named layers receive on some data
@@ -24,6 +25,7 @@ __all__ = [
     "model_device",
     "model_dtype",
     "eval_mode",
+    "seeded",
     "to_model",
     "set_module",
     "batches",
@@ -46,6 +48,23 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.get_default_dtype()
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """A block in which torch's global generators are seeded with ``seed``, restored after.
+
+    The CPU generator is always forked; on a CUDA ``device`` its generator is forked too,
+    so code inside that reseeds CUDA leaves the caller's CUDA stream untouched. A seed gives
+    the same numbers on every run on the same device type (CPU and CUDA streams differ).
+    """
+    device = torch.device("cpu") if device is None else torch.device(device)
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 @contextmanager
