@@ -96,6 +96,9 @@ class Method:
         setting calls ``apply``.
     aliases:
         Other labels that name this method (older result files).
+    sparse:
+        Whether the method zeroes weights in dense tensors (its size is counted as nonzero
+        parameters).
     """
 
     name: str
@@ -112,6 +115,7 @@ class Method:
     networks: tuple[str, ...] = ("mlp", "cnn")
     fit: Fit | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    sparse: bool = False
 
     def __post_init__(self) -> None:
         for attribute in ("name", "label", "knob"):
@@ -307,7 +311,7 @@ for _method in (
     Method(
         "magnitude", "magnitude (baseline)", "keep",
         lambda m, v, *, data=None, generator=None, **kw: magnitude_prune(m, v, **kw),
-        keeps="fraction of weights kept (the rest zeroed)", fine_tunable=False,
+        keeps="fraction of weights kept (the rest zeroed)", fine_tunable=False, sparse=True,
         grid=_KEEP_MAGNITUDE, color="#999999",
     ),
     Method(
