@@ -1,14 +1,14 @@
 """The book's headline benchmark: the most compressed setting of each method within 1 point.
 
 Run it with ``python -m pruning_utils.headline`` (``python -m pruning_utils.benchmark`` is
-the same command; ``--smoke`` for a quick run). For the
-LargeMLP and the SmallCNN trained on Fashion-MNIST (:func:`~pruning_utils.train.trained_model`)
-and for every method of the registry (:data:`~pruning_utils.methods.METHODS`) that applies
-to the network and has a grid, it bisects the method's grid (ordered from the most
-compressed setting to the least, accuracy assumed to grow along it) for the most compressed setting whose
-accuracy stays within ``--tolerance`` (1 percentage point) of the dense model; where the
-method allows it, a second bisection over the settings that failed gives each one epoch of
-fine-tuning on a fixed random subset of the training split (``--fine-tune-images``, 10,000
+the same command; ``--smoke`` for a quick run). For the LargeMLP and the SmallCNN trained on
+Fashion-MNIST (:func:`~pruning_utils.train.trained_model`) and for every method of the
+registry (:data:`~pruning_utils.methods.METHODS`) that applies to the network and has a
+grid, it bisects the method's grid (ordered from the most compressed setting to the least,
+accuracy assumed to grow along it) for the most compressed setting whose accuracy stays
+within ``--tolerance`` (1 percentage point) of the dense model; where the method allows it,
+a second bisection over the settings that failed gives each one epoch of fine-tuning on a
+fixed random subset of the training split (``--fine-tune-images``, 10,000
 by default) and finds the most compressed setting that passes after it.
 
 The choice is made on one half of the test set (the *selection* half, 5,000 images) and

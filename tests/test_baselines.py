@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_utils.surgery import l1_structured_prune, magnitude_prune
 from pruning_utils.models import LeNet5, SimpleMLP, SmallCNN
+from pruning_utils.surgery import l1_structured_prune, magnitude_prune
 
 
 def state_copy(model):

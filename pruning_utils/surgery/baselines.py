@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from pruning_utils.surgery.report import LayerChange, count
-from pruning_utils.surgery.transform import renamed, run_transform
+from pruning_utils.surgery.transform import per_layer_fractions, renamed, run_transform
 from pruning_utils.surgery.tree import (
     CHANNEL_POOLS,
     ELEMENTWISE,
@@ -37,7 +37,7 @@ from pruning_utils.surgery.tree import (
     new_linear,
     sliced_batchnorm,
 )
-from pruning_utils.validation import check_fraction, check_model, check_real, is_real
+from pruning_utils.validation import check_model, check_real, is_real
 
 __all__ = ["magnitude_prune", "l1_structured_prune"]
 
@@ -301,19 +301,12 @@ def l1_structured_prune(
     chain, weighted = _prunable_layers(model)
     check_weights([(chain[i].path, chain[i].module) for i in weighted])
     hidden = [chain[i].path for i in weighted[:-1]]
-    if isinstance(keep, Mapping):
-        unknown = [k for k in keep if k not in hidden]
-        if unknown:
-            raise ValueError(
-                f"keep names layers {unknown} that are not prunable hidden layers; "
-                f"allowed: {hidden}"
-            )
-        fractions = {k: check_fraction(f"keep[{k!r}]", v) for k, v in keep.items()}
-        settings_keep: object = dict(fractions)
-    else:
-        fraction = check_fraction("keep", keep)
-        fractions = dict.fromkeys(hidden, fraction)
-        settings_keep = fraction
+    kept = per_layer_fractions("keep", keep, hidden)
+    fractions = {h: 1.0 if k is None else k for h, k in zip(hidden, kept, strict=True)}
+    settings_keep: object = (
+        {h: k for h, k in zip(hidden, kept, strict=True) if k is not None}
+        if isinstance(keep, Mapping) else kept[0]
+    )
 
     def body(pruned: nn.Module, report) -> None:
         chain = leaves(pruned)

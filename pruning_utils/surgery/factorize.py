@@ -22,7 +22,7 @@ from pruning_utils.linalg import (
 )
 from pruning_utils.nnutils import capture_inputs, set_module
 from pruning_utils.surgery.report import LayerChange, count, layer_shape
-from pruning_utils.surgery.transform import SCHEMES, layer_kind, run_transform
+from pruning_utils.surgery.transform import SCHEMES, layer_kind, run_transform, select_layers
 from pruning_utils.surgery.tree import (
     check_weights,
     describe_first_layer,
@@ -111,16 +111,7 @@ class LowRankFit:
         self.generator = generator
         found = eligible(model, self.kinds, "low_rank")
         if names is not None:
-            wanted = list(names)
-            known = dict(found)
-            unknown = [n for n in wanted if n not in known]
-            if unknown:
-                raise ValueError(
-                    f"rank names layers that are not eligible "
-                    f"{tuple(k.__name__ for k in self.kinds)} modules of the model: {unknown}; "
-                    f"eligible: {list(known)[:20]}"
-                )
-            found = [(n, m) for n, m in found if n in wanted]
+            found = select_layers(found, names, self.kinds, "rank")
         if not found:
             kinds_text = " or ".join(f"nn.{k.__name__}" for k in self.kinds)
             raise ValueError(f"model has nothing to factorize: no {kinds_text} layer found")
@@ -175,15 +166,7 @@ class LowRankFit:
         check_bool("skip_unprofitable", skip_unprofitable)
         layers = self.layers
         if isinstance(rank, dict):
-            known = dict(layers)
-            unknown = [n for n in rank if n not in known]
-            if unknown:
-                raise ValueError(
-                    f"rank names layers that are not eligible "
-                    f"{tuple(k.__name__ for k in self.kinds)} modules of the model: "
-                    f"{unknown}; eligible: {list(known)[:20]}"
-                )
-            layers = [(n, m) for n, m in layers if n in rank]
+            layers = select_layers(layers, rank, self.kinds, "rank")
             for name, module in layers:
                 if isinstance(module, nn.Conv2d) and module.groups != 1:
                     raise ValueError(

@@ -37,9 +37,12 @@ from pruning_utils.linalg import break_even_rank, conv_break_even_rank, conv_wei
 from pruning_utils.nnutils import model_device
 from pruning_utils.surgery.report import PruningReport, count
 from pruning_utils.surgery.tree import check_not_shared
-from pruning_utils.validation import check_bool, check_model
+from pruning_utils.validation import check_bool, check_fraction, check_model
 
-__all__ = ["LayerKind", "LAYER_KINDS", "SCHEMES", "layer_kind", "run_transform", "renamed"]
+__all__ = [
+    "LayerKind", "LAYER_KINDS", "SCHEMES", "layer_kind", "run_transform", "renamed",
+    "per_layer_fractions", "select_layers",
+]
 
 #: Low-rank schemes for convolutions understood by :func:`~pruning_utils.surgery.low_rank`.
 SCHEMES: tuple[str, ...] = ("channel", "spatial")
@@ -178,3 +181,46 @@ def run_transform(
     report.params_before, report.params_after = params_before, count(work)
     work.pruning_report = report
     return work
+
+
+def per_layer_fractions(name: str, value: object, layers: list[str]) -> list[float | None]:
+    """One fraction in ``(0, 1]`` per layer of ``layers`` from a transform's "how much" value.
+
+    ``value`` is one fraction for every layer, a list with one per layer, or a dict
+    ``{layer path: fraction}`` (layers it does not name get ``None``: leave them alone).
+    """
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in layers]
+        if unknown:
+            raise ValueError(
+                f"{name} names layers {unknown} that are not prunable hidden layers; "
+                f"allowed: {layers}"
+            )
+        return [
+            None if value.get(h) is None else check_fraction(f"{name}[{h!r}]", value[h])
+            for h in layers
+        ]
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(layers):
+            raise ValueError(
+                f"{name} as a list needs one value per hidden layer ({len(layers)}: {layers}), "
+                f"got {len(value)}"
+            )
+        return [check_fraction(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return [check_fraction(name, value)] * len(layers)
+
+
+def select_layers(
+    found: list[tuple[str, nn.Module]], names: object, kinds: tuple[type, ...], argument: str
+) -> list[tuple[str, nn.Module]]:
+    """The layers of ``found`` that ``names`` (an iterable of paths) selects, all checked."""
+    known = dict(found)
+    wanted = list(names)
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ValueError(
+            f"{argument} names layers that are not eligible "
+            f"{tuple(k.__name__ for k in kinds)} modules of the model: {unknown}; "
+            f"eligible: {list(known)[:20]}"
+        )
+    return [(n, m) for n, m in found if n in wanted]

@@ -17,7 +17,7 @@ from pruning_utils.layers import LowRankLinear
 from pruning_utils.linalg import interpolative_decomposition, pca, rank_for_energy, truncated_svd
 from pruning_utils.nnutils import batches, eval_mode, to_model
 from pruning_utils.surgery.report import LayerChange, count, layer_shape
-from pruning_utils.surgery.transform import run_transform
+from pruning_utils.surgery.transform import per_layer_fractions, run_transform
 from pruning_utils.surgery.tree import (
     PASS_THROUGH,
     Leaf,
@@ -36,7 +36,6 @@ from pruning_utils.validation import (
     check_bool,
     check_choice,
     check_finite,
-    check_fraction,
     check_generator,
     check_int,
     check_model,
@@ -46,30 +45,6 @@ __all__ = ["PCA_METHODS", "pca_prune", "fold_batchnorm"]
 
 #: Width-pruning methods understood by :func:`pca_prune`.
 PCA_METHODS: tuple[str, ...] = ("weights", "activations", "interpolative")
-
-
-def _check_variance(variance: object, hidden: list[str]) -> list[float | None]:
-    """One fraction (or None = leave alone) per hidden layer."""
-    if isinstance(variance, Mapping):
-        unknown = [k for k in variance if k not in hidden]
-        if unknown:
-            raise ValueError(
-                f"variance names layers without a prunable output {unknown}; "
-                f"hidden layers: {hidden}"
-            )
-        return [
-            None if variance.get(h) is None else check_fraction(f"variance[{h!r}]", variance[h])
-            for h in hidden
-        ]
-    if isinstance(variance, (list, tuple)):
-        if len(variance) != len(hidden):
-            raise ValueError(
-                f"variance as a list needs one value per hidden layer ({len(hidden)}: {hidden}), "
-                f"got {len(variance)}"
-            )
-        return [check_fraction(f"variance[{i}]", v) for i, v in enumerate(variance)]
-    return [check_fraction("variance", variance)] * len(hidden)
-
 
 
 def _wb(layer: nn.Module) -> tuple[Tensor, Tensor]:
@@ -323,7 +298,7 @@ def pca_prune(
                 "its channels cannot be pruned"
             )
     hidden = [chain[pos].path for pos in positions[:-1]]
-    variances = _check_variance(variance, hidden)
+    variances = per_layer_fractions("variance", variance, hidden)
 
     # validate the segments on the original (BatchNorm directly after a layer is foldable)
     for a, b in zip(positions, positions[1:], strict=False):
