@@ -370,6 +370,12 @@ def _calibration_inputs(
     chunks = []
     with eval_mode(model), torch.no_grad():
         for x in batches(data):
+            if not x.is_floating_point():
+                raise ValueError(
+                    f"data does not fit the model: it holds {x.dtype} inputs, and the layers "
+                    "of this chain compute on floating-point inputs (convert them, e.g. "
+                    "data.float())"
+                )
             x = to_model(x, model)
             try:
                 z = forward_chain(prefix, x)
