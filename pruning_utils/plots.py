@@ -60,8 +60,8 @@ class _Palette(Mapping):
         return len(self._colours())
 
 
-#: Colour of each method by registry name, label or alias (from
-#: :data:`pruning_utils.methods.METHODS`), and of ``"dense"``.
+# Colour of each method by registry name, label or alias (from
+# pruning_utils.methods.METHODS), and of "dense".
 PALETTE: Mapping[str, str] = _Palette()
 _EXTRA_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 
