@@ -336,23 +336,20 @@ def test_cuda_model_and_cpu_data_agree(tmp_path):
 @needs_cuda
 def test_cuda_training_is_seeded_and_restores_generators():
     data = blobs()
-    cpu_state, cuda_state = torch.get_rng_state(), torch.cuda.get_rng_state()
 
-    def run(seed):
-        model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 3))
-        model.load_state_dict(tiny_model().state_dict(), strict=False)
+    def run(seed, caller):  # dropout draws on the GPU's generator
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 3))
-        torch.set_rng_state(cpu_state)
-        torch.cuda.set_rng_state(cuda_state)
+        torch.cuda.manual_seed(caller)  # whatever the caller's CUDA state, seed decides
         train(model, data, 2, seed=seed, device="cuda", progress=False)
         return model
 
-    a, b, c = run(1), run(1), run(2)
+    a, b, c = run(1, caller=10), run(1, caller=20), run(2, caller=10)
+    assert all(p.device.type == "cuda" for p in a.parameters())
     assert same_weights(a, b) and not same_weights(a, c)
-    torch.set_rng_state(cpu_state)
-    torch.cuda.set_rng_state(cuda_state)
-    train(tiny_model(), data, 1, seed=3, device="cuda", progress=False)
+    model = tiny_model()
+    cpu_state, cuda_state = torch.get_rng_state(), torch.cuda.get_rng_state()
+    train(model, data, 1, seed=3, device="cuda", progress=False)
     assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
     assert torch.equal(torch.get_rng_state(), cpu_state)
 
