@@ -209,6 +209,13 @@ def test_full_fashion_mnist_offline(tmp_path):
     assert len(train) == 60_000 and len(test) == 10_000
     counts = np.bincount(train.tensors[1].numpy())
     assert counts.tolist() == [6000] * 10
+    # the library's IDX reader against torchvision's
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    images, labels = data._read_split(raw, "test", DATASETS["fashion-mnist"])
+    assert torch.equal(images, read_image_file(str(raw / FILES["test"][0])))
+    assert torch.equal(labels.long(), read_label_file(str(raw / FILES["test"][1])))
 
 
 # ----------------------------------------------------------------------------- damaged files
