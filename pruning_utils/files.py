@@ -78,12 +78,12 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
 
     Examples
     --------
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> with atomic_files(folder / "a.txt") as (tmp,):
-    ...     _ = tmp.write_text("hello")
-    >>> (folder / "a.txt").read_text(), sorted(p.name for p in folder.iterdir())
-    ('hello', ['a.txt'])
+    >>> with tempfile.TemporaryDirectory() as name:
+    ...     folder = Path(name)
+    ...     with atomic_files(folder / "a.txt") as (tmp,):
+    ...         _ = tmp.write_text("hello")
+    ...     print((folder / "a.txt").read_text(), sorted(p.name for p in folder.iterdir()))
+    hello ['a.txt']
     """
     if not paths:
         raise TypeError("atomic_files needs at least one path")
