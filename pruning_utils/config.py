@@ -33,7 +33,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from pruning_utils.validation import check_choice, check_int, check_seed
+from pruning_utils.validation import check_choice, check_device, check_int, check_seed
 
 __all__ = [
     "SMOKE_ENV",
@@ -219,7 +219,7 @@ def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None
     True
     """
     seed = check_seed("seed", seed)
-    device = torch.device("cpu") if device is None else torch.device(device)
+    device = check_device(device) or torch.device("cpu")
     cuda = []
     if device.type == "cuda":
         cuda = [device.index if device.index is not None else torch.cuda.current_device()]

@@ -137,3 +137,9 @@ def test_seeded_on_cuda_repeats_and_restores_that_device():
 def test_seeded_rejects_bad_seeds(seed, error):
     with pytest.raises(error, match="seed"), config.seeded(seed):
         pass
+
+
+@pytest.mark.parametrize("device, error", [("gpu", ValueError), (0, TypeError)])
+def test_seeded_rejects_bad_devices(device, error):
+    with pytest.raises(error, match="device"), config.seeded(0, device):
+        pass
