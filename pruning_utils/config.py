@@ -14,18 +14,26 @@ book is read here, from environment variables, and nowhere else:
 
 Functions read the environment on every call, so a test can change it with
 ``monkeypatch.setenv`` and see the effect.
+
+Seeds are reproducible per device type: the same seed gives the same numbers on every run
+on the CPU, and on every run on a CUDA device, but CPU and CUDA streams differ (and CUDA
+kernels are bitwise reproducible only under ``torch.use_deterministic_algorithms(True)``).
 """
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
+
+from pruning_utils.validation import check_choice, check_device, check_int, check_seed
 
 __all__ = [
     "SMOKE_ENV",
@@ -36,6 +44,7 @@ __all__ = [
     "data_root",
     "get_device",
     "seed_everything",
+    "seeded",
 ]
 
 SMOKE_ENV = "PRUNING_BOOK_SMOKE"
@@ -164,8 +173,7 @@ def get_device(prefer: str | None = None) -> torch.device:
     """
     if prefer is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if prefer not in ("cpu", "cuda"):
-        raise ValueError(f"prefer must be None, 'cpu' or 'cuda', got {prefer!r}")
+    prefer = check_choice("prefer", prefer, ("cpu", "cuda"))
     if prefer == "cuda" and not torch.cuda.is_available():
         raise ValueError("prefer='cuda' was requested but torch.cuda.is_available() is False")
     return torch.device(prefer)
@@ -177,12 +185,47 @@ def seed_everything(seed: int) -> torch.Generator:
     Returns a fresh ``torch.Generator`` seeded with the same value, for code that
     takes its randomness as an argument.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    seed = int(seed)
+    seed = check_int("seed", seed, lower=0, upper=2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (the legacy global state is what needs seeding)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run a block with torch's global CPU generator seeded with ``seed``, restored afterwards.
+
+    For a CUDA ``device`` that device's generator is seeded and restored too; no other
+    generator is touched (unlike ``torch.manual_seed``, which reseeds every CUDA device), so
+    the block leaves the caller's random state exactly as it found it. Reproducible per
+    device type: the same seed gives the same numbers on every CPU run, and on every run on
+    the same kind of CUDA device, but CPU and CUDA streams differ.
+
+    Parameters
+    ----------
+    seed:
+        An int in ``[0, 2**63)``.
+    device:
+        The device the block draws random numbers on (default the CPU only).
+
+    Examples
+    --------
+    >>> with seeded(3):
+    ...     a = torch.rand(2)
+    >>> with seeded(3):
+    ...     b = torch.rand(2)
+    >>> bool(torch.equal(a, b))
+    True
+    """
+    seed = check_seed("seed", seed)
+    device = check_device(device) or torch.device("cpu")
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield

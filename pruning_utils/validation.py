@@ -34,6 +34,7 @@ __all__ = [
     "check_seed",
     "check_layer_types",
     "check_int_sequence",
+    "check_device",
 ]
 
 #: Floating dtypes that the factorizations compute in.
@@ -241,3 +242,33 @@ def check_int_sequence(name: str, values: object, lower: int = 1) -> tuple[int, 
     for i, v in enumerate(out):
         check_int(f"{name}[{i}]", v, lower=lower)
     return tuple(int(v) for v in out)
+
+
+def check_device(device: object, name: str = "device") -> torch.device | None:
+    """``None``, or a device given as a ``torch.device`` or a string such as ``"cuda:0"``.
+
+    Returned as a ``torch.device`` (``None`` stays ``None``). A CUDA device must be
+    available.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"{name} must be None, a torch.device or a string such as 'cpu' or 'cuda', "
+            f"got {type(device).__name__}"
+        )
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{name} must name a device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{name} is {str(device)!r} but torch.cuda.is_available() is False; "
+            "use 'cpu' or leave it None"
+        )
+    return device
