@@ -24,6 +24,7 @@ from pruning_utils.config import (
     smoke_mode,
 )
 from pruning_utils.data import load_dataset, make_loader, train_val_split
+from pruning_utils.files import CorruptFileError
 from pruning_utils.layers import (
     PROBABILITY_RULES,
     LowRankConv2d,
@@ -72,7 +73,7 @@ from pruning_utils.models import (
     SmallCNN,
     build_model,
 )
-from pruning_utils.nnutils import capture_inputs
+from pruning_utils.nnutils import capture_inputs, seeded
 from pruning_utils.plots import (
     DENSE_COLOR,
     PALETTE,
@@ -89,7 +90,6 @@ from pruning_utils.surgery import (
     SCHEMES,
     LayerChange,
     LowRankFit,
-    PrunedModelFileError,
     PruningReport,
     fold_batchnorm,
     l1_structured_prune,

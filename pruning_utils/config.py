@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -33,7 +31,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from pruning_utils.validation import check_choice, check_device, check_int, check_seed
+from pruning_utils.validation import check_choice, check_int
 
 __all__ = [
     "SMOKE_ENV",
@@ -44,7 +42,6 @@ __all__ = [
     "data_root",
     "get_device",
     "seed_everything",
-    "seeded",
 ]
 
 SMOKE_ENV = "PRUNING_BOOK_SMOKE"
@@ -192,40 +189,3 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@contextmanager
-def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
-    """Run a block with torch's global CPU generator seeded with ``seed``, restored afterwards.
-
-    For a CUDA ``device`` that device's generator is seeded and restored too; no other
-    generator is touched (unlike ``torch.manual_seed``, which reseeds every CUDA device), so
-    the block leaves the caller's random state exactly as it found it. Reproducible per
-    device type: the same seed gives the same numbers on every CPU run, and on every run on
-    the same kind of CUDA device, but CPU and CUDA streams differ.
-
-    Parameters
-    ----------
-    seed:
-        An int in ``[0, 2**63)``.
-    device:
-        The device the block draws random numbers on (default the CPU only).
-
-    Examples
-    --------
-    >>> with seeded(3):
-    ...     a = torch.rand(2)
-    >>> with seeded(3):
-    ...     b = torch.rand(2)
-    >>> bool(torch.equal(a, b))
-    True
-    """
-    seed = check_seed("seed", seed)
-    device = check_device(device) or torch.device("cpu")
-    cuda = []
-    if device.type == "cuda":
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        torch.random.default_generator.manual_seed(seed)
-        for index in cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield

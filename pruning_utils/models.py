@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from pruning_utils.config import seeded
+from pruning_utils.nnutils import seeded
 from pruning_utils.validation import check_choice, check_int, check_int_sequence, check_seed
 
 __all__ = [

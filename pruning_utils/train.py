@@ -35,10 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from pruning_utils.config import data_root, get_config, get_device, seeded
+from pruning_utils.config import data_root, get_config, get_device
 from pruning_utils.files import CorruptFileError, atomic_files
 from pruning_utils.models import MODEL_NAMES, build_model
-from pruning_utils.nnutils import eval_mode, model_device, to_model
+from pruning_utils.nnutils import eval_mode, model_device, seeded, to_model
 from pruning_utils.validation import (
     check_bool,
     check_choice,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pruning_utils import config
+from pruning_utils import config, nnutils
 
 
 @pytest.fixture(autouse=True)
@@ -92,14 +92,14 @@ def test_get_device():
 def test_seeded_repeats_and_restores_the_cpu_generator():
     torch.manual_seed(11)
     before = torch.get_rng_state()
-    with config.seeded(3):
+    with nnutils.seeded(3):
         a = torch.rand(4)
     assert torch.equal(torch.get_rng_state(), before)
-    with config.seeded(3, device="cpu"):
+    with nnutils.seeded(3, device="cpu"):
         b = torch.rand(4)
     expected = torch.rand(4, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, expected) and torch.equal(b, expected)
-    with config.seeded(4):
+    with nnutils.seeded(4):
         assert not torch.equal(torch.rand(4), expected)
 
 
@@ -109,7 +109,7 @@ def test_seeded_on_the_cpu_does_not_touch_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_cuda)
     monkeypatch.setattr(torch.cuda, "manual_seed", reseeds_cuda)
-    with config.seeded(0):
+    with nnutils.seeded(0):
         torch.rand(1)
 
 
@@ -117,16 +117,16 @@ def test_seeded_on_the_cpu_does_not_touch_cuda(monkeypatch):
 def test_seeded_on_cuda_repeats_and_restores_that_device():
     device = torch.device("cuda", torch.cuda.current_device())
     before_cpu, before_cuda = torch.get_rng_state(), torch.cuda.get_rng_state(device)
-    with config.seeded(5, device):
+    with nnutils.seeded(5, device):
         a = torch.rand(8, device=device)
-    with config.seeded(5, "cuda"):
+    with nnutils.seeded(5, "cuda"):
         b = torch.rand(8, device=device)
     assert torch.equal(a, b)
     assert torch.equal(torch.get_rng_state(), before_cpu)
     assert torch.equal(torch.cuda.get_rng_state(device), before_cuda)
     torch.cuda.manual_seed(123)
     after = torch.cuda.get_rng_state(device)
-    with config.seeded(6):  # a CPU block neither reseeds nor restores the CUDA generator
+    with nnutils.seeded(6):  # a CPU block neither reseeds nor restores the CUDA generator
         torch.rand(8)
     assert torch.equal(torch.cuda.get_rng_state(device), after)
     torch.set_rng_state(before_cpu)
@@ -135,11 +135,11 @@ def test_seeded_on_cuda_repeats_and_restores_that_device():
 
 @pytest.mark.parametrize("seed, error", [(-1, ValueError), (2**63, ValueError), (1.5, TypeError)])
 def test_seeded_rejects_bad_seeds(seed, error):
-    with pytest.raises(error, match="seed"), config.seeded(seed):
+    with pytest.raises(error, match="seed"), nnutils.seeded(seed):
         pass
 
 
 @pytest.mark.parametrize("device, error", [("gpu", ValueError), (0, TypeError)])
 def test_seeded_rejects_bad_devices(device, error):
-    with pytest.raises(error, match="device"), config.seeded(0, device):
+    with pytest.raises(error, match="device"), nnutils.seeded(0, device):
         pass

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from pruning_utils.files import CorruptFileError
 from pruning_utils.layers import LowRankLinear
 from pruning_utils.surgery import (
-    PrunedModelFileError,
     fold_batchnorm,
     l1_structured_prune,
     load_pruned,
@@ -167,7 +167,7 @@ def test_a_damaged_pruned_model_file_names_the_file(tmp_path, damage):
         else:
             blob["recipe"]["dtype"] = "__class__"
         torch.save(blob, path)
-    with pytest.raises(PrunedModelFileError, match=str(path)):
+    with pytest.raises(CorruptFileError, match=str(path)):
         load_pruned(path)
 
 

@@ -25,7 +25,7 @@ returned model as ``model.pruning_report``.
 
 from pruning_utils.surgery.baselines import l1_structured_prune, magnitude_prune
 from pruning_utils.surgery.factorize import LowRankFit, low_rank
-from pruning_utils.surgery.io import PrunedModelFileError, load_pruned, save_pruned
+from pruning_utils.surgery.io import load_pruned, save_pruned
 from pruning_utils.surgery.randomize import randomize
 from pruning_utils.surgery.report import LayerChange, PruningReport
 from pruning_utils.surgery.transform import LAYER_KINDS, SCHEMES, LayerKind, layer_kind
@@ -43,7 +43,6 @@ __all__ = [
     "fold_batchnorm",
     "save_pruned",
     "load_pruned",
-    "PrunedModelFileError",
     "LAYER_KINDS",
     "LayerKind",
     "layer_kind",

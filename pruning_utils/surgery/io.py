@@ -3,14 +3,13 @@
 The recipe describes every layer by its constructor arguments (one table per layer type,
 :data:`SPEC_ARGS`), so a file holds only primitives and tensors and is read with
 ``torch.load(..., weights_only=True)``. A file that is not a saved model, is truncated or
-was tampered with gives one :class:`PrunedModelFileError` naming the file and what to do.
+was tampered with gives one :class:`~pruning_utils.files.CorruptFileError` naming the file
+and what to do.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pruning_utils.files import CorruptFileError, atomic_files
 from pruning_utils.layers import (
     LowRankConv2d,
     LowRankLinear,
@@ -30,14 +30,10 @@ from pruning_utils.surgery.report import PruningReport, primitive
 from pruning_utils.surgery.tree import OUR_LAYERS
 from pruning_utils.validation import check_model
 
-__all__ = ["save_pruned", "load_pruned", "PrunedModelFileError"]
+__all__ = ["save_pruned", "load_pruned"]
 
 _FORMAT = "pruning_utils.pruned_model"
 _FORMAT_VERSION = 1
-
-
-class PrunedModelFileError(ValueError):
-    """A file given to :func:`load_pruned` is not a readable model saved by :func:`save_pruned`."""
 
 
 # constructor arguments read back from attributes of the same name
@@ -239,17 +235,8 @@ def save_pruned(model: nn.Module, path: str | Path) -> None:
             for k, v in model.state_dict().items()
         },
     }
-    path = Path(path)
-    # written under a unique temporary name in the same folder, then renamed into place:
-    # an interrupted save never leaves a half-written file under the final name
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_files(Path(path)) as (tmp,):  # never a half-written file under the name
         torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 _DTYPES = {"float16", "bfloat16", "float32", "float64"}
@@ -263,18 +250,21 @@ def _read(path: Path) -> dict:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # EOFError, RuntimeError, UnpicklingError, zipfile errors, ...
-        raise PrunedModelFileError(
-            f"{path} cannot be read as a saved model: it is empty, truncated or not a file "
-            f"written by save_pruned ({type(err).__name__}: {err}); {what_to_do}"
+        raise CorruptFileError(
+            path,
+            "cannot be read as a saved model: it is empty, truncated or not written by "
+            f"save_pruned ({type(err).__name__}: {err})",
+            what_to_do,
         ) from err
     if not isinstance(blob, Mapping) or blob.get("format") != _FORMAT:
-        raise PrunedModelFileError(
-            f"{path} was not written by save_pruned (no {_FORMAT!r} format tag)"
+        raise CorruptFileError(
+            path, f"was not written by save_pruned (no {_FORMAT!r} format tag)",
+            "load it with the function that wrote it, or save the model with save_pruned",
         )
     if blob.get("version") != _FORMAT_VERSION:
-        raise PrunedModelFileError(
-            f"{path} has format version {blob.get('version')}, expected {_FORMAT_VERSION}; "
-            "load it with the version of pruning_utils that wrote it, or save it again"
+        raise CorruptFileError(
+            path, f"has format version {blob.get('version')}, expected {_FORMAT_VERSION}",
+            "load it with the version of pruning_utils that wrote it, or save it again",
         )
     recipe = blob.get("recipe")
     problems = []
@@ -292,9 +282,7 @@ def _read(path: Path) -> dict:
     if not isinstance(blob.get("state_dict"), Mapping):
         problems.append("no state_dict")
     if problems:
-        raise PrunedModelFileError(
-            f"{path} is damaged: {'; '.join(problems)}; {what_to_do}"
-        )
+        raise CorruptFileError(path, f"is damaged: {'; '.join(problems)}", what_to_do)
     return blob
 
 
@@ -354,9 +342,9 @@ def load_pruned(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
         # stays float64); the model's parameters keep their requires_grad
         model.load_state_dict(blob["state_dict"], strict=True, assign=True)
     except (RuntimeError, TypeError, ValueError, KeyError) as err:
-        raise PrunedModelFileError(
-            f"{path}: the saved tensors do not fit the recipe's architecture ({err}); the file "
-            "is damaged or base_model is not the architecture it was saved from"
+        raise CorruptFileError(
+            path, f"holds tensors that do not fit its recipe's architecture ({err})",
+            "save the model again; with base_model=, pass the architecture it was saved from",
         ) from err
     if base_model is not None:
         model.to(device)
