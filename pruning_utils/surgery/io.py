@@ -25,12 +25,12 @@ from pruning_utils.layers import (
     RandomizedLinear,
     SpatialLowRankConv2d,
 )
-from pruning_utils.nnutils import model_device, set_module
+from pruning_utils.nnutils import model_device, model_dtype, set_module
 from pruning_utils.surgery.report import PruningReport, primitive
 from pruning_utils.surgery.tree import OUR_LAYERS
 from pruning_utils.validation import check_model
 
-__all__ = ["save_pruned", "load_pruned"]
+__all__ = ["save_pruned", "load_pruned", "architecture", "from_architecture"]
 
 _FORMAT = "pruning_utils.pruned_model"
 _FORMAT_VERSION = 1
@@ -352,3 +352,40 @@ def load_pruned(path: str | Path, base_model: nn.Module | None = None) -> nn.Mod
     if blob.get("report") is not None:
         model.pruning_report = PruningReport.from_dict(blob["report"])
     return model
+
+
+def architecture(model: nn.Module) -> dict:
+    """The structure of a model as primitives (no weights): what :func:`from_architecture` builds.
+
+    Only for models that are trees of ``nn.Sequential`` containers of standard layers and
+    the layers of :mod:`pruning_utils.layers` (the book's models and what the transforms
+    make of them). Useful to time an architecture on another machine without its weights:
+    speed does not depend on the values of the weights of dense kernels.
+
+    Examples
+    --------
+    >>> spec = architecture(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))
+    >>> from_architecture(spec)
+    Sequential(
+      (0): Linear(in_features=4, out_features=3, bias=True)
+      (1): ReLU()
+    )
+    """
+    check_model(model)
+    spec = _tree_spec(model)
+    if spec is None:
+        raise ValueError(
+            f"a {type(model).__name__} is not a tree of nn.Sequential containers of standard "
+            "layers and pruning_utils layers, so its architecture cannot be described alone; "
+            "use save_pruned and load_pruned with base_model="
+        )
+    return {"format": _FORMAT, "version": _FORMAT_VERSION, "dtype": str(model_dtype(model))
+            .removeprefix("torch."), "tree": spec}
+
+
+def from_architecture(spec: Mapping, device: torch.device | str | None = None) -> nn.Module:
+    """A model with the structure :func:`architecture` described, freshly initialised."""
+    if not isinstance(spec, Mapping) or spec.get("format") != _FORMAT or "tree" not in spec:
+        raise ValueError("spec must be a dict returned by architecture()")
+    model = _build_tree(spec["tree"]).to(dtype=getattr(torch, spec.get("dtype", "float32")))
+    return model.to(device) if device is not None else model
