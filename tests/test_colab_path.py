@@ -295,9 +295,13 @@ def test_colab_path_install_from_git_url_into_fresh_env_and_run_chapter_0(tmp_pa
     assert done.returncode == 0, f"chapter 0 failed in the fresh environment:\n{done.stderr}"
 
     executed = json.loads(run.read_text(encoding="utf-8"))
-    install_output = "".join(o.get("text", "") for o in executed["cells"][index + 1]["outputs"])
+
+    def printed(cell: dict) -> str:
+        return "".join("".join(o.get("text", "")) for o in cell["outputs"])
+
+    install_output = printed(executed["cells"][index + 1])
     assert "error" not in install_output.lower(), install_output
-    shown = json.loads(executed["cells"][-1]["outputs"][0]["text"])
+    shown = json.loads(printed(executed["cells"][-1]))
     assert Path(shown["python"]).parent == python.parent
     assert Path(shown["file"]).resolve().is_relative_to(env.resolve()), shown["file"]
     # installed from the git URL, at HEAD: pip records where a package came from
