@@ -310,3 +310,56 @@ def test_colab_path_install_from_git_url_into_fresh_env_and_run_chapter_0(tmp_pa
                                          "direct_url.json"))
     origin = json.loads(direct.read_text())
     assert origin["url"] == local_url and origin["vcs_info"]["commit_id"] == head, origin
+
+
+# --- the execution report that the setup chapter shows ------------------------------------------
+
+
+def _load_execute_script() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "execute_notebooks", ROOT / "scripts" / "execute_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_execution_report_has_one_full_row_per_chapter_and_no_invented_load():
+    execute = _load_execute_script()
+    rows = execute.read_report(ROOT / "results" / "execution.csv")
+    header = (ROOT / "results" / "execution.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert tuple(header.split(",")) == execute.COLUMNS
+    full = [r for r in rows if r["mode"] == "full" and r["device"] == "cpu"]
+    assert sorted(r["notebook"] for r in full) == [p.name for p in NOTEBOOKS]
+    for row in rows:
+        assert float(row["seconds"]) > 0, row
+        if "load not recorded" in row["note"]:
+            assert row["load_before"] == row["load_after"] == "", row
+        else:
+            assert row["load_before"] != "" or os.name == "nt", row
+
+
+def test_execution_report_replaces_the_row_of_a_rerun_and_keeps_the_others(tmp_path):
+    execute = _load_execute_script()
+    report = tmp_path / "results" / "execution.csv"
+    base = {"mode": "full", "device": "cpu", "note": ""}
+    execute.update_report(report, {**base, "chapter": 1, "notebook": "01_a.ipynb", "seconds": 5})
+    execute.update_report(report, {**base, "chapter": 0, "notebook": "00_b.ipynb", "seconds": 2,
+                                   "load_before": 0.5, "load_after": None})
+    execute.update_report(report, {**base, "chapter": 1, "notebook": "01_a.ipynb", "seconds": 7})
+    execute.update_report(report, {**base, "chapter": 1, "notebook": "01_a.ipynb", "seconds": 1,
+                                   "mode": "smoke"})
+    rows = execute.read_report(report)
+    assert [(r["notebook"], r["mode"], r["seconds"]) for r in rows] == [
+        ("00_b.ipynb", "full", "2"), ("01_a.ipynb", "full", "7"), ("01_a.ipynb", "smoke", "1")]
+    assert rows[0]["load_before"] == "0.5" and rows[0]["load_after"] == ""
+    assert not list(report.parent.glob("*.partial"))
+
+
+def test_execution_report_of_another_kind_is_named(tmp_path):
+    execute = _load_execute_script()
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="other.csv: not an execution report"):
+        execute.update_report(other, {"notebook": "00_x.ipynb", "mode": "full", "device": "cpu"})
+    assert execute.read_report(tmp_path / "absent.csv") == []
