@@ -43,7 +43,8 @@ notebooks: $(STAMP) data
 
 test: unit notebooks
 
-# Re-run the chapters in full mode and store their outputs (slow).
+# Re-run the chapters in full mode and store their outputs (slow); the time of each chapter and
+# the machine's load go to results/execution.csv (scripts/execute_notebooks.py --help).
 execute: $(STAMP) data
 	$(BIN)/python scripts/execute_notebooks.py
 

@@ -17,6 +17,11 @@ _SANITIZE = Path(__file__).parent / "notebooks" / "nbval_sanitize.cfg"
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "colab_path: installs the library from a git URL into a fresh environment and runs "
+        "chapter 0 there, as Colab does (tests/test_colab_path.py)",
+    )
     option = config.option
     if getattr(option, "nbval_sanitize_with", "unset") is None and _SANITIZE.is_file():
         option.nbval_sanitize_with = str(_SANITIZE)
