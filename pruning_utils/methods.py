@@ -215,28 +215,36 @@ def most_compressed_within(
     *,
     accuracy: str = "accuracy",
     by: Iterable[str] = ("method", "fine_tuned"),
-    size: str = "params",
+    rank_by: str = "params",
+    largest: bool = False,
 ) -> pd.DataFrame:
-    """Per group, the row with the fewest ``size`` whose accuracy is within ``tolerance``.
+    """Per group, the best row among those whose accuracy is within ``tolerance`` of dense.
 
     ``frame`` holds sweep rows (:func:`~pruning_utils.sweeps.sweep`); a row passes when
-    ``frame[accuracy] >= dense_accuracy - tolerance`` (accuracies as fractions, tolerance 0.01
-    is one point). Groups with no passing row are left out. Choose on validation accuracy,
-    then report the chosen rows' test accuracy.
+    ``frame[accuracy] >= dense_accuracy - tolerance`` (accuracies as fractions: a tolerance
+    of 0.01 is one point). Among the passing rows of each group (``by``), the best has the
+    smallest ``rank_by`` (default: the fewest parameters, the most compressed), or the
+    largest with ``largest=True`` (e.g. ``rank_by="speedup_b256"``: the fastest). Groups
+    with no passing row are left out. Choose on validation accuracy, then report the chosen
+    rows' test accuracy.
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     tolerance = check_real("tolerance", tolerance, lower=0.0, upper=1.0)
     dense_accuracy = check_real("dense_accuracy", dense_accuracy, lower=0.0, upper=1.0)
     keys = list(by)
-    missing = [c for c in (*keys, accuracy, size) if c not in frame.columns]
+    missing = [c for c in (*keys, accuracy, rank_by) if c not in frame.columns]
     if missing:
         raise ValueError(f"frame lacks the columns {missing}")
     passing = frame[frame[accuracy] >= dense_accuracy - tolerance]
     if passing.empty:
         return passing.copy()
-    best = passing.sort_values([*keys, size], kind="stable").groupby(keys, sort=False).head(1)
-    return best.reset_index(drop=True)
+    ordered = passing.sort_values(rank_by, ascending=not largest, kind="stable")
+    best = ordered.groupby(keys, sort=False).head(1)
+    order = {key: i for i, key in enumerate(frame[keys].drop_duplicates().itertuples(index=False))}
+    position = best[keys].apply(lambda row: order[tuple(row)], axis=1)
+    return best.assign(_order=position).sort_values("_order").drop(columns="_order").reset_index(
+        drop=True)
 
 
 # ----------------------------------------------------------------------------- built-in methods

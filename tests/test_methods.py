@@ -159,6 +159,9 @@ def test_most_compressed_within_picks_fewest_params_inside_tolerance():
     chosen = most_compressed_within(frame, dense_accuracy=0.90, tolerance=0.01)
     assert chosen[["method", "params"]].values.tolist() == [["a", 20]]  # b never passes
     assert most_compressed_within(frame, 0.90, tolerance=0.2)["params"].tolist() == [10, 5]
+    fastest = most_compressed_within(frame.assign(speed=[5, 3, 1, 9, 9]), 0.90, 0.2,
+                                     rank_by="speed", largest=True)
+    assert fastest[["method", "speed"]].values.tolist() == [["a", 5], ["b", 9]]
     with pytest.raises(ValueError, match="lacks the columns"):
         most_compressed_within(frame.drop(columns="params"), 0.9)
     with pytest.raises(ValueError, match="tolerance"):
