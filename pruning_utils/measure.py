@@ -386,7 +386,7 @@ def compare_latency(
     pandas.DataFrame
         One row per model (index ``model``) with columns ``median_s``, ``iqr_s`` (IQR of
         the per-round medians), ``mean_s``, ``speedup`` (``t_ref / t_model``; > 1 is
-        faster), ``speedup_iqr``, ``rounds``, ``num_threads`` (None on a GPU),
+        faster), ``speedup_iqr``, ``rounds``, ``num_threads`` (``<NA>`` on a GPU),
         ``batch_size``, ``device`` and ``device_name``.
     """
     if not isinstance(models, Mapping) or not models:
@@ -441,7 +441,9 @@ def compare_latency(
                 "device_name": device_name(device),
             }
         )
-    return pd.DataFrame(rows).set_index("model")
+    table = pd.DataFrame(rows).set_index("model")
+    table["num_threads"] = table["num_threads"].astype("Int64")  # <NA> for GPU rows
+    return table
 
 
 # ----------------------------------------------------------------------------- break-even

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,12 +97,12 @@ def test_gpu_timing_waits_for_the_kernels(cuda):
 
     class Heavy(nn.Module):
         def forward(self, x):
-            for _ in range(20):
+            for _ in range(8):
                 x = x @ x
                 x = x / x.norm()
             return x
 
-    x = torch.randn(2048, 2048, device=cuda)
+    x = torch.randn(1024, 1024, device=cuda)
     model = Heavy()
     for _ in range(2):
         model(x)
@@ -112,7 +113,7 @@ def test_gpu_timing_waits_for_the_kernels(cuda):
     end.record()
     torch.cuda.synchronize()
     per_call = start.elapsed_time(end) / 1000 / 5  # seconds, from CUDA events
-    result = measure_latency(model, x, min_run_time=0.2, warmup=1)
+    result = measure_latency(model, x, min_run_time=0.1, warmup=1)
     assert result.median >= 0.5 * per_call, (result.median, per_call)
 
 
@@ -122,7 +123,7 @@ def test_compare_latency_across_devices(cuda):
         {"cpu": cpu_model, "gpu": gpu_model}, torch.randn(4, 3, 4, 4), rounds=2, min_run_time=FAST
     )
     assert list(table["device"]) == ["cpu", str(cuda)]
-    assert table.loc["cpu", "num_threads"] >= 1 and table.loc["gpu", "num_threads"] is None
+    assert table.loc["cpu", "num_threads"] >= 1 and pd.isna(table.loc["gpu", "num_threads"])
     assert (table["median_s"] > 0).all()
 
 

@@ -281,6 +281,7 @@ def test_compare_latency_records_the_device():
         num_threads=1,
     )
     assert list(table["device"]) == ["cpu", "cpu"] and (table["num_threads"] == 1).all()
+    assert str(table["num_threads"].dtype) == "Int64"
     assert table["device_name"].map(bool).all()
 
 
