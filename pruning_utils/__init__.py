@@ -6,7 +6,7 @@ Dependencies point one way: ``linalg`` (pure functions on tensors) <- ``layers``
 harness (``data``, ``models``, ``train``, ``bench``, ``plots``, ``config``).
 """
 
-from pruning_utils.baselines import l1_structured_prune, magnitude_prune
+
 from pruning_utils.measure import (
     LatencyResult,
     break_even_report,
@@ -24,6 +24,7 @@ from pruning_utils.config import (
     smoke_mode,
 )
 from pruning_utils.data import load_dataset, make_loader, train_val_split
+from pruning_utils.files import CorruptFileError
 from pruning_utils.layers import (
     PROBABILITY_RULES,
     LowRankConv2d,
@@ -35,6 +36,7 @@ from pruning_utils.layers import (
 )
 from pruning_utils.linalg import (
     PCAResult,
+    Spectrum,
     break_even_rank,
     conv2d_as_matmul,
     conv_break_even_rank,
@@ -54,6 +56,14 @@ from pruning_utils.linalg import (
     truncated_svd,
     whitened_low_rank_factors,
 )
+from pruning_utils.methods import (
+    METHODS,
+    Method,
+    get_method,
+    methods_for,
+    most_compressed_within,
+    register_method,
+)
 from pruning_utils.models import (
     MLP,
     MODEL_NAMES,
@@ -63,6 +73,7 @@ from pruning_utils.models import (
     SmallCNN,
     build_model,
 )
+from pruning_utils.nnutils import capture_inputs, seeded
 from pruning_utils.plots import (
     DENSE_COLOR,
     PALETTE,
@@ -78,15 +89,18 @@ from pruning_utils.surgery import (
     PCA_METHODS,
     SCHEMES,
     LayerChange,
+    LowRankFit,
     PruningReport,
     fold_batchnorm,
+    l1_structured_prune,
     load_pruned,
     low_rank,
+    magnitude_prune,
     pca_prune,
     randomize,
     save_pruned,
 )
-from pruning_utils.sweeps import METHODS, MethodSpec, summarize, sweep
+from pruning_utils.sweeps import summarize, sweep
 from pruning_utils.train import (
     BOOK_RECIPES,
     TrainHistory,

@@ -14,6 +14,10 @@ book is read here, from environment variables, and nowhere else:
 
 Functions read the environment on every call, so a test can change it with
 ``monkeypatch.setenv`` and see the effect.
+
+Seeds are reproducible per device type: the same seed gives the same numbers on every run
+on the CPU, and on every run on a CUDA device, but CPU and CUDA streams differ (and CUDA
+kernels are bitwise reproducible only under ``torch.use_deterministic_algorithms(True)``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+
+from pruning_utils.validation import check_choice, check_int
 
 __all__ = [
     "SMOKE_ENV",
@@ -164,8 +170,7 @@ def get_device(prefer: str | None = None) -> torch.device:
     """
     if prefer is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if prefer not in ("cpu", "cuda"):
-        raise ValueError(f"prefer must be None, 'cpu' or 'cuda', got {prefer!r}")
+    prefer = check_choice("prefer", prefer, ("cpu", "cuda"))
     if prefer == "cuda" and not torch.cuda.is_available():
         raise ValueError("prefer='cuda' was requested but torch.cuda.is_available() is False")
     return torch.device(prefer)
@@ -177,12 +182,10 @@ def seed_everything(seed: int) -> torch.Generator:
     Returns a fresh ``torch.Generator`` seeded with the same value, for code that
     takes its randomness as an argument.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    seed = int(seed)
+    seed = check_int("seed", seed, lower=0, upper=2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (the legacy global state is what needs seeding)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
+
+

@@ -9,6 +9,13 @@
 3. torchvision's download, when the network answers within a few seconds;
 4. otherwise a :class:`DatasetNotFoundError` that names the fixes.
 
+Unpacking and downloading are atomic per file (a unique temporary name in the target folder,
+then ``os.replace``), so processes that load the same fresh data root at once do not disturb
+each other, and an interrupted or failed unpacking leaves nothing half-written. Every file is
+checked when read (IDX magic number, announced shape against the file's size, as many labels
+as images, labels in range); a damaged file raises :class:`~pruning_utils.files.CorruptFileError`
+naming it and the way forward. The library never deletes a file it did not write.
+
 The images come back as one :class:`~torch.utils.data.TensorDataset` of normalised float32
 tensors ``(N, 1, 28, 28)`` with int64 labels: the whole of Fashion-MNIST is 190 MB in memory,
 and indexing tensors is much faster than decoding PIL images one by one.
@@ -17,9 +24,13 @@ and indexing tensors is much faster than decoding PIL images one by one.
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 import socket
+import struct
+import tempfile
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,11 +39,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from pruning_utils.config import data_root
+from pruning_utils.files import CorruptFileError, atomic_files
+from pruning_utils.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    check_seed,
+)
 
 __all__ = [
     "DATASETS",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "CorruptFileError",
     "load_dataset",
     "train_val_split",
     "make_loader",
@@ -92,10 +112,140 @@ def _has_raw(folder: Path) -> bool:
     return all((folder / f).is_file() for pair in _IDX_FILES.values() for f in pair)
 
 
-def _unpack_into(source: Path, target: Path) -> bool:
+def _fix_for(path: Path, info: DatasetInfo) -> str:
+    """What to do about a damaged dataset file at ``path``."""
+    if any(path.parent == Path(d) for d in info.system_dirs):
+        return (
+            "the system copy is damaged: reinstall it (apt-get install --reinstall "
+            "dataset-fashion-mnist), or set PRUNING_BOOK_DATA to a folder with intact IDX files"
+        )
+    return (
+        "delete it and load again (it is then unpacked again from the system copy or "
+        "downloaded again), or replace it with an intact copy"
+    )
+
+
+# ----------------------------------------------------------------------------- IDX files
+#
+# LeCun's IDX format: a big-endian header ``0x00 0x00 <type> <ndim>``, then ``ndim`` 32-bit
+# sizes, then the values. Images are unsigned bytes ``(N, 28, 28)`` (magic 0x00000803),
+# labels unsigned bytes ``(N,)`` (magic 0x00000801).
+
+_UBYTE = 0x08
+_IMAGE_SIZE = (28, 28)
+
+
+def _kind(file_name: str) -> str:
+    return "images" if "images" in file_name else "labels"
+
+
+def _idx_header(path: Path, kind: str, fix: str, shown: Path | None = None) -> tuple[int, tuple]:
+    """Check the header of IDX file ``path`` against its size; return (data offset, shape).
+
+    Errors name ``shown`` (default ``path``): the source file when ``path`` is a temporary
+    file unpacked from it.
+    """
+    shown = path if shown is None else shown
+    ndim = 3 if kind == "images" else 1
+    magic_expected = (_UBYTE << 8) | ndim
+    offset = 4 + 4 * ndim
+    size = path.stat().st_size
+    if size == 0:
+        raise CorruptFileError(shown, "is empty", fix)
+    with open(path, "rb") as handle:
+        head = handle.read(offset)
+    if len(head) < 4:
+        raise CorruptFileError(
+            shown, f"is truncated: {size} bytes, shorter than an IDX header", fix
+        )
+    (magic,) = struct.unpack(">I", head[:4])
+    if magic != magic_expected:
+        raise CorruptFileError(
+            shown,
+            f"starts with the magic number {magic:#010x} where an IDX file of {kind} starts with "
+            f"{magic_expected:#010x}: it is not an IDX {kind} file, or it is damaged",
+            fix,
+        )
+    if len(head) < offset:
+        raise CorruptFileError(shown, f"is truncated: {size} bytes, shorter than its header", fix)
+    shape = struct.unpack(f">{ndim}I", head[4:])
+    expected = offset + math.prod(shape)
+    described = f"{shape[0]} {kind}" + (f" of {shape[1]}x{shape[2]} pixels" if ndim == 3 else "")
+    if size < expected:
+        raise CorruptFileError(
+            shown,
+            f"is truncated: it holds {size} bytes where its header announces {described} "
+            f"({expected} bytes)",
+            fix,
+        )
+    if size > expected:
+        raise CorruptFileError(
+            shown,
+            f"is damaged: it holds {size} bytes where its header announces {described} "
+            f"({expected} bytes)",
+            fix,
+        )
+    if shape[0] == 0:
+        raise CorruptFileError(shown, f"holds no {kind}", fix)
+    if ndim == 3 and shape[1:] != _IMAGE_SIZE:
+        raise CorruptFileError(
+            shown,
+            f"holds images of {shape[1]}x{shape[2]} pixels; Fashion-MNIST and MNIST images "
+            "have 28x28",
+            fix,
+        )
+    return offset, shape
+
+
+def _read_idx(path: Path, kind: str, fix: str) -> torch.Tensor:
+    """The uint8 values of a checked IDX file, shaped as its header says."""
+    offset, shape = _idx_header(path, kind, fix)
+    buffer = bytearray(path.read_bytes())
+    if len(buffer) != offset + math.prod(shape):  # the file changed since its header was read
+        _idx_header(path, kind, fix)
+    return torch.frombuffer(buffer, dtype=torch.uint8, offset=offset).reshape(shape)
+
+
+def _read_split(raw: Path, split: str, info: DatasetInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 28, 28)`` and labels ``(N,)`` (uint8) of one split, checked."""
+    image_file, label_file = (raw / f for f in _IDX_FILES[split])
+    images = _read_idx(image_file, "images", _fix_for(image_file, info))
+    labels = _read_idx(label_file, "labels", _fix_for(label_file, info))
+    if len(labels) != len(images):
+        raise CorruptFileError(
+            label_file,
+            f"holds {len(labels)} labels but {image_file.name} next to it holds "
+            f"{len(images)} images: the two files do not belong together, or one is damaged",
+            "delete both and load again (they are then unpacked again from the system copy "
+            "or downloaded again), or replace them with an intact pair",
+        )
+    n_classes = len(info.classes)
+    top = int(labels.max())
+    if top >= n_classes:
+        raise CorruptFileError(
+            label_file,
+            f"holds the label {top}, outside 0..{n_classes - 1} ({info.name} has "
+            f"{n_classes} classes): it is damaged or belongs to another dataset",
+            _fix_for(label_file, info),
+        )
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- finding files
+
+
+def _unpack_into(source: Path, target: Path, info: DatasetInfo) -> bool:
     """Copy the four IDX files (plain or ``.gz``) from ``source`` into ``target``, unpacked.
 
-    Returns False, copying nothing, unless all four are there.
+    Returns False, copying nothing, unless all four are there. Files already in ``target``
+    are kept. Each file is written under a unique temporary name, checked (IDX header against
+    its size) and renamed into place, so that concurrent callers never see a partial file and
+    a damaged source leaves nothing behind.
+
+    Raises
+    ------
+    CorruptFileError
+        When a source file is not a complete gzip stream or not a valid IDX file.
     """
     found = {}
     for pair in _IDX_FILES.values():
@@ -107,16 +257,23 @@ def _unpack_into(source: Path, target: Path) -> bool:
                 found[f] = packed
             else:
                 return False
-    target.mkdir(parents=True, exist_ok=True)
     for f, path in found.items():
         destination = target / f
         if destination.is_file():
             continue
-        partial = destination.with_suffix(".partial")
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        partial.replace(destination)
+        fix = _fix_for(path, info)
+        with atomic_files(destination) as (tmp,):
+            opener = gzip.open if path.suffix == ".gz" else open
+            try:
+                with opener(path, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except EOFError as exc:
+                raise CorruptFileError(
+                    path, "is truncated: its gzip stream ends before the end marker", fix
+                ) from exc
+            except (gzip.BadGzipFile, zlib.error) as exc:
+                raise CorruptFileError(path, f"is not a valid gzip file ({exc})", fix) from exc
+            _idx_header(tmp, _kind(f), fix, shown=path)
     return True
 
 
@@ -143,20 +300,35 @@ def _network_answers(url: str, timeout: float) -> bool:
     return bool(result and result[0])
 
 
-def _download(info: DatasetInfo, root: Path, timeout: float) -> str | None:
-    """Try torchvision's download into ``root``; return None on success, else the reason."""
+def _torchvision_class(info: DatasetInfo) -> type:
+    """The torchvision dataset class that downloads ``info``'s files."""
     import torchvision.datasets as tvd
 
-    cls = getattr(tvd, info.torchvision_class)
+    return getattr(tvd, info.torchvision_class)
+
+
+def _download(info: DatasetInfo, root: Path, timeout: float) -> str | None:
+    """Try torchvision's download into ``root``; return None on success, else the reason.
+
+    torchvision downloads into a fresh temporary folder under ``root``; the checked IDX
+    files are then moved into ``root`` atomically and the temporary folder removed, so a
+    failed or interrupted download leaves nothing half-written in the data root.
+    """
+    cls = _torchvision_class(info)
     mirror = cls.mirrors[0] if hasattr(cls, "mirrors") else cls.resources[0][0]
     if not _network_answers(mirror, timeout):
         return f"no answer from {urlparse(mirror).hostname} within {timeout:g} s"
+    root.mkdir(parents=True, exist_ok=True)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(max(timeout, 30.0))
     try:
-        cls(str(root), train=True, download=True)
-    except Exception as exc:  # network errors come in many types
-        return f"download failed: {exc}"
+        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as scratch:
+            try:
+                cls(scratch, train=True, download=True)
+            except Exception as exc:  # network errors come in many types
+                return f"download failed: {exc}"
+            if not _unpack_into(_raw_dir(Path(scratch), info), _raw_dir(root, info), info):
+                return "the download did not provide the four IDX files"
     finally:
         socket.setdefaulttimeout(previous)
     return None
@@ -165,10 +337,10 @@ def _download(info: DatasetInfo, root: Path, timeout: float) -> str | None:
 def _locate(info: DatasetInfo, root: Path, download: bool, timeout: float) -> Path:
     """Make sure the raw IDX files are under ``root`` and return that folder."""
     raw = _raw_dir(root, info)
-    if _has_raw(raw) or _unpack_into(raw, raw):
+    if _has_raw(raw) or _unpack_into(raw, raw, info):
         return raw
     for system_dir in info.system_dirs:
-        if _unpack_into(Path(system_dir), raw):
+        if _unpack_into(Path(system_dir), raw, info):
             return raw
     reason = "download=False"
     if download:
@@ -231,24 +403,26 @@ def load_dataset(
     ------
     DatasetNotFoundError
         When the files are missing and cannot be downloaded; the message lists the fixes.
+    CorruptFileError
+        When a file is damaged (empty, truncated, not gzip or IDX, fewer labels than images,
+        labels out of range); the message names the file and what to do.
     """
-    if name not in DATASETS:
-        raise ValueError(f"name must be one of {sorted(DATASETS)}, got {name!r}")
-    if split not in _IDX_FILES:
-        raise ValueError(f"split must be one of {sorted(_IDX_FILES)}, got {split!r}")
-    bad_subset = isinstance(subset, bool) or not isinstance(subset, int) or subset <= 0
-    if subset is not None and bad_subset:
-        raise ValueError(f"subset must be None or a positive int, got {subset!r}")
+    name = check_choice("name", name, sorted(DATASETS))
+    split = check_choice("split", split, sorted(_IDX_FILES))
+    if subset is not None:
+        subset = check_int("subset", subset, lower=1)
+    seed = check_seed("seed", seed)
+    normalize = check_bool("normalize", normalize)
+    download = check_bool("download", download)
+    timeout = check_real("timeout", timeout, lower=0.0, include_lower=False)
+    if root is not None and not isinstance(root, (str, Path)):
+        raise TypeError(f"root must be None, a str or a pathlib.Path, got {type(root).__name__}")
     info = DATASETS[name]
     root = Path(root) if root is not None else data_root()
-    _locate(info, root, download, timeout)
-
-    import torchvision.datasets as tvd
-
-    dataset_class = getattr(tvd, info.torchvision_class)
-    dataset = dataset_class(str(root), train=split == "train", download=False)
-    images = dataset.data.to(torch.float32).div_(255.0).unsqueeze(1)
-    labels = dataset.targets.to(torch.int64)
+    raw = _locate(info, root, download, timeout)
+    pixels, targets = _read_split(raw, split, info)
+    images = pixels.to(torch.float32).div_(255.0).unsqueeze(1)
+    labels = targets.to(torch.int64)
     if subset is not None and subset < len(labels):
         keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:subset]
         keep, _ = keep.sort()
@@ -265,12 +439,21 @@ def train_val_split(
 
     The original work trained on a 90 % split, hence the default ``val_fraction=0.1``.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(
+            f"dataset must be a Dataset with a length, got {type(dataset).__name__}"
+        )
+    val_fraction = check_real(
+        "val_fraction", val_fraction, 0.0, 1.0, include_lower=False, include_upper=False
+    )
+    seed = check_seed("seed", seed)
     n = len(dataset)
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
-        raise ValueError(f"dataset of {n} items is too small for val_fraction={val_fraction}")
+        raise ValueError(
+            f"dataset of {n} items is too small for val_fraction={val_fraction}: "
+            "no item would be left for training"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(dataset, order[n_val:]), Subset(dataset, order[:n_val])
 
@@ -283,8 +466,10 @@ def make_loader(
     drop_last: bool = False,
 ) -> DataLoader:
     """A ``DataLoader`` whose shuffling order depends only on ``seed``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, lower=1)
+    shuffle = check_bool("shuffle", shuffle)
+    seed = check_seed("seed", seed)
+    drop_last = check_bool("drop_last", drop_last)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last

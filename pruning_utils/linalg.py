@@ -662,7 +662,7 @@ def spatial_break_even_rank(in_channels: int, out_channels: int, kernel_size) ->
     Examples
     --------
     >>> spatial_break_even_rank(16, 32, 3)
-    10.666666666666666
+    32.0
     """
     c = check_int("in_channels", in_channels)
     f = check_int("out_channels", out_channels)
@@ -1416,3 +1416,103 @@ def whitened_low_rank_factors(
     Z = torch.linalg.solve_triangular(S, Vh, upper=False, left=False)
     A, B = _split_factors(U, sigma, Z, split)
     return A.to(W.dtype).contiguous(), B.to(W.dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------
+# Decompose once, truncate many
+# ---------------------------------------------------------------------------
+
+
+class Spectrum:
+    """The full (optionally whitened) SVD of a weight matrix, truncated at any rank.
+
+    ``Spectrum(W)`` takes the thin SVD ``W = U diag(σ) Vh`` once (in ``compute_dtype``);
+    ``factors(rank=r)`` or ``factors(energy=e)`` then returns the same ``A (m×r)``,
+    ``B (r×n)`` as :func:`low_rank_factors` with ``method="full"`` — the leading triplets
+    split as ``split`` says — for every ``r`` without another SVD. With ``covariance=C``
+    (``C = XᵀX`` of the layer's inputs) it is the whitened spectrum of
+    :func:`whitened_low_rank_factors`: the SVD of ``W S`` with ``S Sᵀ = C + λI``
+    (``λ = eps·tr(C)/n``), truncated and mapped back with ``S⁻¹``, so the squared output
+    error of the rank-r factors is ``Σ_{j>r} σ_j(W S)²``. Everything stays on W's device;
+    ``compute_dtype=None`` is W's dtype (float32 for float16 and bfloat16), and the factors
+    come back in W's dtype.
+
+    Examples
+    --------
+    >>> W = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    >>> spectrum = Spectrum(W)
+    >>> A, B = spectrum.factors(rank=2)
+    >>> A2, B2 = low_rank_factors(W, rank=2, method="full")
+    >>> bool(torch.equal(A, A2) and torch.equal(B, B2))
+    True
+    """
+
+    def __init__(
+        self,
+        W: Tensor,
+        *,
+        covariance: Tensor | None = None,
+        eps: float = 1e-6,
+        compute_dtype: torch.dtype | None = torch.float64,
+    ) -> None:
+        W = check_tensor("W", W, ndim=2)
+        m, n = W.shape
+        eps = check_real("eps", eps, lower=0.0)
+        dtype = _compute_dtype(W, compute_dtype)
+        self.shape = (m, n)
+        self.dtype = W.dtype
+        self.whitening: Tensor | None = None
+        M = W.detach().to(dtype)
+        if covariance is not None:
+            C = check_tensor("covariance", covariance, ndim=2)
+            if C.shape != (n, n):
+                raise ValueError(
+                    f"covariance must be n × n = {n} × {n} to match W ({m}×{n}), "
+                    f"got shape {tuple(C.shape)}"
+                )
+            check_same_device(W=W, covariance=C)
+            C = C.detach().to(dtype)
+            C = (C + C.mT) / 2
+            trace = float(torch.diagonal(C).sum())
+            if trace <= 0.0:
+                raise ValueError(
+                    "covariance is zero (or not positive semi-definite): the calibration "
+                    "inputs of this layer are all zero"
+                )
+            C = C + (eps * trace / n) * torch.eye(n, dtype=dtype, device=C.device)
+            S, info = torch.linalg.cholesky_ex(C)
+            if int(info) != 0:
+                raise ValueError(
+                    f"covariance + eps·tr(C)/n·I is not positive definite with eps={eps}; "
+                    "use eps > 0 for rank-deficient calibration data"
+                )
+            self.whitening = S
+            M = M @ S
+        self.U, self.S, self.Vh = _thin_svd(M)
+
+    @property
+    def full_rank(self) -> int:
+        """``min(m, n)``."""
+        return min(self.shape)
+
+    def rank_for(self, energy: float) -> int:
+        """The rank that :func:`low_rank_factors` picks for ``energy`` (W's round-off)."""
+        energy = check_fraction("energy", energy)
+        return rank_for_energy(self.S, energy, rtol=self.S.numel() * torch.finfo(self.dtype).eps)
+
+    def factors(
+        self, rank: int | None = None, energy: float | None = None, *, split: str = "balanced"
+    ) -> tuple[Tensor, Tensor]:
+        """``A`` (m×r), ``B`` (r×n) in W's dtype; exactly one of ``rank`` and ``energy``."""
+        check_exactly_one(rank=rank, energy=energy)
+        split = check_choice("split", split, _SPLITS)
+        r = (
+            check_int("rank", rank, lower=1, upper=self.full_rank)
+            if rank is not None
+            else self.rank_for(energy)
+        )
+        U, S, Vh = self.U[:, :r], self.S[:r], self.Vh[:r]
+        if self.whitening is not None:  # V_rᵀ S⁻¹: solve Z S = V_rᵀ with S lower triangular
+            Vh = torch.linalg.solve_triangular(self.whitening, Vh, upper=False, left=False)
+        A, B = _split_factors(U, S, Vh, split)
+        return A.to(self.dtype).contiguous(), B.to(self.dtype).contiguous()

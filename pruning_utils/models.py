@@ -2,8 +2,10 @@
 
 Every model is an :class:`torch.nn.Sequential` with named children, so that code walking a
 model layer by layer (folding BatchNorm, pruning hidden units or channels) sees the execution
-order in ``model.named_children()``. Inputs are Fashion-MNIST/MNIST images, ``(N, 1, 28, 28)``;
-outputs are ``(N, 10)`` logits.
+order in ``model.named_children()``. They support what ``nn.Sequential`` supports: indexing,
+``len``, iteration, and slicing, which returns a plain ``nn.Sequential`` of the same (shared)
+modules, e.g. ``build_model("small-cnn")[:-1]`` is the network without its last layer.
+Inputs are Fashion-MNIST/MNIST images, ``(N, 1, 28, 28)``; outputs are ``(N, 10)`` logits.
 
 ==============  =======================================================  ==========
 name            layers                                                   parameters
@@ -24,8 +26,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import nn
+
+from pruning_utils.nnutils import seeded
+from pruning_utils.validation import check_choice, check_int, check_int_sequence, check_seed
 
 __all__ = [
     "MLP",
@@ -61,19 +65,30 @@ def _activation_factory(activation: ActivationArg) -> Callable[[], nn.Module] | 
     )
 
 
-def _check_widths(widths: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
-        raise TypeError(f"widths must be a sequence of ints, got {type(widths).__name__}")
-    widths = tuple(widths)
-    if len(widths) < 2:
-        raise ValueError(f"widths must have at least 2 entries (input, output), got {widths}")
-    for w in widths:
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ValueError(f"widths must be positive ints, got {widths}")
+def _check_widths(name: str, widths: Sequence[int], least: int) -> tuple[int, ...]:
+    """A sequence of at least ``least`` positive ints."""
+    widths = check_int_sequence(name, widths, lower=1)
+    if len(widths) < least:
+        raise ValueError(f"{name} must have at least {least} entries, got {widths}")
     return widths
 
 
-class MLP(nn.Sequential):
+class _Sequential(nn.Sequential):
+    """An ``nn.Sequential`` whose subclasses may take their own ``__init__`` arguments.
+
+    ``nn.Sequential`` slices by calling ``self.__class__(OrderedDict(...))``, which a
+    subclass with other constructor arguments cannot accept. Here a slice is a plain
+    ``nn.Sequential`` of the same modules under the same names (shared, not copied), as
+    for an ``nn.Sequential``; an integer index returns the module itself.
+    """
+
+    def __getitem__(self, idx: slice | int) -> nn.Module:
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+
+class MLP(_Sequential):
     """A fully connected network ``Flatten, fc1, act1, fc2, act2, ..., fcK``.
 
     Layer ``i`` computes ``h_i = act(W_i h_{i-1} + b_i)`` with ``W_i`` of shape
@@ -93,7 +108,7 @@ class MLP(nn.Sequential):
     """
 
     def __init__(self, widths: Sequence[int], activation: ActivationArg = "relu") -> None:
-        widths = _check_widths(widths)
+        widths = _check_widths("widths", widths, least=2)
         make_act = _activation_factory(activation)
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         last = len(widths) - 1
@@ -136,7 +151,7 @@ class LargeMLP(MLP):
         super().__init__(LARGE_MLP_WIDTHS, activation=activation)
 
 
-class SmallCNN(nn.Sequential):
+class SmallCNN(_Sequential):
     """A VGG-style CNN for ``1×28×28`` images.
 
     ``len(channels)`` blocks of ``convs_per_block × (conv3×3 → BatchNorm2d → ReLU)`` followed
@@ -165,21 +180,15 @@ class SmallCNN(nn.Sequential):
         hidden: int = 128,
         num_classes: int = 10,
     ) -> None:
-        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence):
-            raise TypeError(f"channels must be a sequence of ints, got {type(channels).__name__}")
-        if not 1 <= len(channels) <= 4:
+        channels = _check_widths("channels", channels, least=1)
+        if len(channels) > 4:
             raise ValueError(
                 f"channels must have between 1 and 4 entries (28 px halves at most 4 times), "
                 f"got {len(channels)}"
             )
-        channels = _check_widths((1, *channels))[1:]
-        for name, value in (
-            ("convs_per_block", convs_per_block),
-            ("hidden", hidden),
-            ("num_classes", num_classes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        convs_per_block = check_int("convs_per_block", convs_per_block)
+        hidden = check_int("hidden", hidden)
+        num_classes = check_int("num_classes", num_classes)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         c_in, size = 1, 28
         for b, c_out in enumerate(channels, start=1):
@@ -198,7 +207,7 @@ class SmallCNN(nn.Sequential):
         self.channels = tuple(channels)
 
 
-class LeNet5(nn.Sequential):
+class LeNet5(_Sequential):
     """LeNet-5 (LeCun et al. 1998) for ``1×28×28`` inputs, with ReLU and max-pooling.
 
     ``conv1`` (5×5, 1→6, padding 2, so 28×28 is kept as in the original 32×32 input) →
@@ -208,8 +217,7 @@ class LeNet5(nn.Sequential):
     """
 
     def __init__(self, num_classes: int = 10) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        num_classes = check_int("num_classes", num_classes)
         super().__init__(
             OrderedDict(
                 conv1=nn.Conv2d(1, 6, 5, padding=2),
@@ -246,8 +254,9 @@ def build_model(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
     name:
         One of ``MODEL_NAMES``: ``"simple-mlp"``, ``"large-mlp"``, ``"small-cnn"``, ``"lenet5"``.
     seed:
-        When given, the initial weights are drawn from a generator seeded with ``seed``
-        (the global random state is left as it was); ``None`` uses the global random state.
+        When given, the initial weights are drawn from torch's CPU generator seeded with
+        ``seed`` (the global random state, CPU and CUDA, is left as it was), so the same seed
+        gives the same weights on every run; ``None`` uses the global random state.
     **kwargs:
         Passed to the model class, e.g. ``activation=None`` for the MLPs.
 
@@ -256,17 +265,9 @@ def build_model(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
     torch.nn.Module
         The model, in training mode, on the CPU.
     """
-    if not isinstance(name, str):
-        raise TypeError(
-            f"name must be a str, one of {list(MODEL_NAMES)}, got {type(name).__name__}"
-        )
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"name must be one of {list(MODEL_NAMES)}, got {name!r}")
+    key = check_choice("name", name.lower() if isinstance(name, str) else name, MODEL_NAMES)
     if seed is None:
         return _REGISTRY[key](**kwargs)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    seed = check_seed("seed", seed)
+    with seeded(seed):  # the CPU generator only: models are built on the CPU
         return _REGISTRY[key](**kwargs)

@@ -4,6 +4,7 @@
 :func:`model_device`     the device of a model's parameters (CPU when it has none)
 :func:`model_dtype`      the floating dtype of a model's parameters
 :func:`eval_mode`        a ``with`` block in eval mode, each module's flag restored
+:func:`seeded`           a ``with`` block with torch's generators seeded (CPU and CUDA)
 :func:`to_model`         move inputs to the model's device (and floating dtype)
 :func:`set_module`       replace the submodule at a dotted path
 :func:`capture_inputs`   the inputs that named layers receive on some data
@@ -18,12 +19,13 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from pruning_utils.validation import check_model
+from pruning_utils.validation import check_device, check_model, check_seed
 
 __all__ = [
     "model_device",
     "model_dtype",
     "eval_mode",
+    "seeded",
     "to_model",
     "set_module",
     "batches",
@@ -46,6 +48,45 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.get_default_dtype()
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run a block with torch's global CPU generator seeded with ``seed``, restored afterwards.
+
+    For a CUDA ``device`` that device's generator is seeded and restored too; no other
+    generator is touched (unlike ``torch.manual_seed``, which reseeds every CUDA device), so
+    the block leaves the caller's random state exactly as it found it. Reproducible per
+    device type: the same seed gives the same numbers on every CPU run, and on every run on
+    the same kind of CUDA device, but CPU and CUDA streams differ.
+
+    Parameters
+    ----------
+    seed:
+        An int in ``[0, 2**63)``.
+    device:
+        The device the block draws random numbers on (default the CPU only).
+
+    Examples
+    --------
+    >>> with seeded(3):
+    ...     a = torch.rand(2)
+    >>> with seeded(3):
+    ...     b = torch.rand(2)
+    >>> bool(torch.equal(a, b))
+    True
+    """
+    seed = check_seed("seed", seed)
+    device = check_device(device) or torch.device("cpu")
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 @contextmanager

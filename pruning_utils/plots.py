@@ -25,6 +25,8 @@ import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 
+from pruning_utils.methods import METHODS, palette
+
 __all__ = [
     "DENSE_COLOR",
     "PRUNED_COLOR",
@@ -39,17 +41,28 @@ __all__ = [
 
 DENSE_COLOR = "#222222"
 PRUNED_COLOR = "#D55E00"
-PALETTE: dict[str, str] = {
-    "dense": DENSE_COLOR,
-    "low_rank_rank": "#0072B2",
-    "low_rank_energy": "#56B4E9",
-    "pca_weights": "#E69F00",
-    "pca_activations": "#D55E00",
-    "pca_interpolative": "#CC79A7",
-    "randomized": "#009E73",
-    "magnitude": "#999999",
-    "l1_structured": "#8C510A",
-}
+
+
+class _Palette(Mapping):
+    """``{method: colour}``: the dense model, then every method of the registry (read live,
+    so a method registered later has its colour too)."""
+
+    def _colours(self) -> dict[str, str]:
+        return {"dense": DENSE_COLOR, **palette()}
+
+    def __getitem__(self, key: str) -> str:
+        return self._colours()[key]
+
+    def __iter__(self):
+        return iter(self._colours())
+
+    def __len__(self) -> int:
+        return len(self._colours())
+
+
+# Colour of each method by registry name, label or alias (from
+# pruning_utils.methods.METHODS), and of "dense".
+PALETTE: Mapping[str, str] = _Palette()
 _EXTRA_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 
 _PARAMETER_LABELS = {
@@ -57,6 +70,7 @@ _PARAMETER_LABELS = {
     "energy": "energy kept, Σ_{i≤r} σ_i² / Σ σ_i² (fraction)",
     "variance": "variance kept (fraction)",
     "samples": "samples c per product",
+    "keep": "fraction of weights or units kept",
     "amount": "fraction of weights or units removed",
 }
 _COLUMN_LABELS = {
@@ -86,7 +100,7 @@ def set_style(context: str = "notebook", font_scale: float = 1.0) -> None:
     sns.set_theme(
         context=context,
         style="whitegrid",
-        palette=list(PALETTE.values())[1:],
+        palette=list(dict.fromkeys(m.color for m in METHODS.values())),
         font_scale=font_scale,
         rc={"figure.dpi": 110, "axes.spines.right": False, "axes.spines.top": False},
     )

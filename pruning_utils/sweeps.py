@@ -6,20 +6,10 @@ the dense model, which is timed in the same run, interleaved with each pruned mo
 :func:`summarize` turns the repeated runs of randomized methods into mean and standard
 deviation per setting.
 
-Named methods (``method=`` a string) map to the library's transforms:
-
-=======================  ==============  =====================================================
-method                   parameter       call
-=======================  ==============  =====================================================
-``"low_rank_rank"``      ``rank``        ``surgery.low_rank(model, rank=value)``
-``"low_rank_energy"``    ``energy``      ``surgery.low_rank(model, energy=value)``
-``"pca_weights"``        ``variance``    ``surgery.pca_prune(model, value, method="weights")``
-``"pca_activations"``    ``variance``    ``surgery.pca_prune(..., "activations", data=calib)``
-``"pca_interpolative"``  ``variance``    ``surgery.pca_prune(..., "interpolative", data=calib)``
-``"randomized"``         ``samples``     ``surgery.randomize(model, value, generator=seed)``
-``"magnitude"``          ``amount``      ``baselines.magnitude_prune(model, value)``
-``"l1_structured"``      ``amount``      ``baselines.l1_structured_prune(model, value)``
-=======================  ==============  =====================================================
+Named methods (``method=`` a name from :data:`~pruning_utils.methods.METHODS`, a label, or a
+:class:`~pruning_utils.methods.Method`) are pruned through the registry: a method with a
+``fit`` (the low-rank methods) decomposes the model once and truncates the decomposition
+at every value of the grid; the others call their transform at every value.
 """
 
 from __future__ import annotations
@@ -27,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -38,52 +27,11 @@ from tqdm.auto import tqdm
 
 from pruning_utils.bench import compare_latency, count_flops, count_params
 from pruning_utils.config import get_config
+from pruning_utils.methods import Method, get_method
+from pruning_utils.nnutils import model_device, seeded
 from pruning_utils.train import evaluate, fine_tune
 
-__all__ = ["METHODS", "MethodSpec", "sweep", "summarize"]
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A named pruning method: the swept parameter and whether the result is random."""
-
-    parameter: str
-    randomized: bool
-    needs_data: bool = False
-
-
-METHODS: dict[str, MethodSpec] = {
-    "low_rank_rank": MethodSpec("rank", False),
-    "low_rank_energy": MethodSpec("energy", False),
-    "pca_weights": MethodSpec("variance", False),
-    "pca_activations": MethodSpec("variance", False, needs_data=True),
-    "pca_interpolative": MethodSpec("variance", False, needs_data=True),
-    "randomized": MethodSpec("samples", True),
-    "magnitude": MethodSpec("amount", False),
-    "l1_structured": MethodSpec("amount", False),
-}
-
-
-def _named_method(
-    name: str, calibration_data: object, kwargs: Mapping[str, object]
-) -> Callable[[nn.Module, object, int | None], nn.Module]:
-    """The transform behind a named method, as ``f(model, value, seed)``."""
-    from pruning_utils import baselines, surgery
-
-    kw = dict(kwargs)
-    if name == "low_rank_rank":
-        return lambda m, v, s: surgery.low_rank(m, rank=v, **kw)
-    if name == "low_rank_energy":
-        return lambda m, v, s: surgery.low_rank(m, energy=v, **kw)
-    if name.startswith("pca_"):
-        pca_method = name.removeprefix("pca_")
-        data = calibration_data if METHODS[name].needs_data else None
-        return lambda m, v, s: surgery.pca_prune(m, v, method=pca_method, data=data, **kw)
-    if name == "randomized":
-        return lambda m, v, s: surgery.randomize(m, v, generator=s, **kw)
-    if name == "magnitude":
-        return lambda m, v, s: baselines.magnitude_prune(m, v, **kw)
-    return lambda m, v, s: baselines.l1_structured_prune(m, v, **kw)
+__all__ = ["sweep", "summarize"]
 
 
 def _first_images(data: object, count: int) -> torch.Tensor:
@@ -110,12 +58,6 @@ def _first_images(data: object, count: int) -> torch.Tensor:
     return images[:count].clone()
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _check_grid(grid: object) -> list:
     if isinstance(grid, (str, bytes)) or not isinstance(grid, (Sequence, np.ndarray)):
         raise TypeError(f"grid must be a sequence of values, got {type(grid).__name__}")
@@ -137,7 +79,7 @@ def _check_batch_sizes(batch_sizes: object) -> tuple[int, ...]:
 
 def sweep(
     model: nn.Module,
-    method: str | Callable[[nn.Module, object], nn.Module],
+    method: str | Method | Callable[[nn.Module, object], nn.Module],
     grid: Sequence,
     *,
     test_data: Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor],
@@ -176,7 +118,8 @@ def sweep(
     model:
         The trained dense model.
     method:
-        A name from ``METHODS`` or a callable ``f(model, value) -> new model``. A callable
+        A registered method (name, label or :class:`~pruning_utils.methods.Method`) or a
+        callable ``f(model, value) -> new model``. A callable
         marked ``randomized=True`` runs inside a block where torch's global generator is
         seeded with each seed (and restored afterwards).
     grid:
@@ -185,7 +128,8 @@ def sweep(
         Evaluation data (Dataset, DataLoader or ``(X, y)``); also the source of the timing
         inputs (its first ``B`` images).
     calibration_data:
-        Inputs for the data-aware methods ``"pca_activations"`` and ``"pca_interpolative"``.
+        Inputs for the data-aware methods (``"low_rank_data"``, ``"pca_activations"``,
+        ``"pca_interpolative"``; a method's ``needs_data``).
     example_inputs:
         ``{batch size: input batch}`` to time on; overrides ``batch_sizes``.
     batch_sizes:
@@ -201,8 +145,10 @@ def sweep(
     name:
         Label in the ``method`` column (default: the method's name).
     method_kwargs:
-        Extra keyword arguments for a named method (e.g. ``{"scheme": "spatial"}`` for
-        low rank, or ``{"data": calib}`` for data-aware low rank).
+        Further options of a registered method's transform (e.g.
+        ``{"skip_unprofitable": False}`` for low rank). Variants that are methods of their
+        own have their own registry entries: ``"low_rank_spatial"``, ``"low_rank_data"``
+        (with ``calibration_data``), ``"randomized_conv"``.
     fine_tune_data, fine_tune_epochs, fine_tune_lr:
         When ``fine_tune_epochs > 0``, each pruned model is also fine-tuned on
         ``fine_tune_data`` (a copy, :func:`~pruning_utils.train.fine_tune`) and measured
@@ -229,18 +175,20 @@ def sweep(
     values = _check_grid(grid)
     config = get_config()
     kwargs = dict(method_kwargs or {})
-    if isinstance(method, str):
-        if method not in METHODS:
-            raise ValueError(f"method must be a callable or one of {list(METHODS)}, got {method!r}")
-        spec = METHODS[method]
+    if isinstance(method, (str, Method)):
+        spec = get_method(method)
         if spec.needs_data and calibration_data is None:
-            raise ValueError(f"method {method!r} needs calibration_data (a batch of inputs)")
+            raise ValueError(f"method {spec.name!r} needs calibration_data (a batch of inputs)")
         if randomized is not None and randomized != spec.randomized:
-            raise ValueError(f"randomized={randomized} contradicts method {method!r}")
+            raise ValueError(f"randomized={randomized} contradicts method {spec.name!r}")
         randomized = spec.randomized
-        parameter = parameter or spec.parameter
-        label = name or method
-        transform = _named_method(method, calibration_data, kwargs)
+        parameter = parameter or spec.knob
+        label = name or (method if isinstance(method, str) else spec.name)
+        fitted = spec.fitted(model, data=calibration_data, **kwargs)
+
+        def transform(m, v, s):
+            return fitted(v, s)
+
     elif callable(method):
         if kwargs:
             raise ValueError("method_kwargs can only be used with a named method")
@@ -251,8 +199,7 @@ def sweep(
         def transform(m, v, s):
             if s is None:
                 return method(m, v)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(s)
+            with seeded(s, model_device(m)):
                 return method(m, v)
     else:
         raise TypeError(f"method must be a str or a callable, got {type(method).__name__}")
@@ -274,7 +221,7 @@ def sweep(
     if fine_tune_epochs and fine_tune_data is None:
         raise ValueError("fine_tune_epochs > 0 needs fine_tune_data")
 
-    device = _model_device(model)
+    device = model_device(model)
     if example_inputs is not None:
         if not isinstance(example_inputs, Mapping):
             raise TypeError("example_inputs must be a dict {batch size: input tensor}")
@@ -289,8 +236,7 @@ def sweep(
     def evaluate_seeded(m: nn.Module, seed: int | None) -> float:
         if seed is None:
             return evaluate(m, test_data)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed, model_device(m)):
             return evaluate(m, test_data)
 
     def measures(m: nn.Module, seed: int | None) -> dict[str, float]:

@@ -6,19 +6,25 @@
 * :func:`fine_tune` trains a *copy* of a (pruned) model for a few epochs, like every
   transform of the library it leaves its input alone unless ``inplace=True``.
 * :func:`train_or_load` trains a model once and caches its ``state_dict`` under
-  ``data_root()/weights/``; later calls with the same settings load it instead.
+  ``data_root()/weights/``; later calls with the same settings load it instead. A cache
+  entry whose files are damaged is refused with a
+  :class:`~pruning_utils.files.CorruptFileError` that names the file and says to pass
+  ``retrain=True``; a model whose architecture changed gets a new entry.
+
+Seeds are reproducible per device type: the same seed gives the same weights on every CPU
+run, and on every run on the same kind of CUDA device (with deterministic kernels), but CPU
+and CUDA runs differ.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,18 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from pruning_utils.config import data_root, get_config, get_device
+from pruning_utils.files import CorruptFileError, atomic_files
 from pruning_utils.models import MODEL_NAMES, build_model
+from pruning_utils.nnutils import eval_mode, model_device, seeded, to_model
+from pruning_utils.validation import (
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_model,
+    check_real,
+    check_seed,
+)
 
 __all__ = [
     "TrainHistory",
@@ -75,39 +92,6 @@ class TrainHistory:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
-    return seed
-
-
-def _check_lr(lr: object) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a positive float, got {lr!r}")
-    return float(lr)
-
-
-def _check_model(model: object) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for a model without any)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _as_loader(
     data: DataArg, batch_size: int, *, shuffle: bool, seed: int, name: str
 ) -> DataLoader:
@@ -132,15 +116,6 @@ def _as_loader(
     # an explicit generator also keeps the loader's worker seed off torch's global generator
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Run a block with torch's global generators seeded, restoring them afterwards."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _make_optimizer(
@@ -172,10 +147,13 @@ def train(
 ) -> TrainHistory:
     """Train a classifier by minimising the cross-entropy of its logits.
 
-    The model is updated in place, moved to ``device`` and left in eval mode. Shuffling and
-    any randomness inside the model (dropout) come from generators seeded with ``seed``;
-    torch's global random state is restored afterwards, so two calls with the same seed on
-    identical models give identical weights (on the CPU).
+    The model is updated in place, moved to ``device`` and left in eval mode; each batch is
+    moved to the model's device (floating inputs also to its dtype). Shuffling and any
+    randomness inside the model (dropout) come from generators seeded with ``seed`` (the
+    CPU generator, and the CUDA generator of ``device`` when it is a GPU); torch's global
+    random state is restored afterwards. Reproducible per device type: two calls with the
+    same seed on identical models give identical weights on the CPU, and on the same kind
+    of GPU when its kernels are deterministic, but CPU and GPU runs differ.
 
     Parameters
     ----------
@@ -208,28 +186,26 @@ def train(
     TrainHistory
         Per-epoch loss, training accuracy, validation accuracy and time.
     """
-    model = _check_model(model)
-    epochs = _check_positive_int("epochs", epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    lr = _check_lr(lr)
-    seed = _check_seed(seed)
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)}, got {optimizer!r}")
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not (
-        0 <= weight_decay < math.inf
-    ):
-        raise ValueError(f"weight_decay must be a float >= 0, got {weight_decay!r}")
+    model = check_model(model)
+    epochs = check_int("epochs", epochs)
+    batch_size = check_int("batch_size", batch_size)
+    lr = check_real("lr", lr, lower=0.0, include_lower=False)
+    seed = check_seed("seed", seed)
+    optimizer = check_choice("optimizer", optimizer, _OPTIMIZERS)
+    weight_decay = check_real("weight_decay", weight_decay, lower=0.0)
+    progress = check_bool("progress", progress)
+    device = check_device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (requires_grad=True)")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = device if device is not None else model_device(model)
     loader = _as_loader(train_data, batch_size, shuffle=True, seed=seed, name="train_data")
 
     model.to(device)
-    opt = _make_optimizer(optimizer, params, lr, float(weight_decay))
+    opt = _make_optimizer(optimizer, params, lr, weight_decay)
     history = TrainHistory()
     total = epochs * len(loader)
-    with _seeded(seed, device), tqdm(
+    with seeded(seed, device), tqdm(
         total=total, disable=not progress, desc="train", unit="batch", leave=False
     ) as bar:
         for epoch in range(1, epochs + 1):
@@ -240,7 +216,7 @@ def train(
             seen = 0
             bar.set_description(f"train epoch {epoch}/{epochs}")
             for inputs, labels in loader:
-                inputs, labels = inputs.to(device), labels.to(device)
+                inputs, labels = to_model(inputs, model), labels.to(device)
                 logits = model(inputs)
                 loss = nn.functional.cross_entropy(logits, labels)
                 opt.zero_grad(set_to_none=True)
@@ -282,8 +258,9 @@ def evaluate(
     """Top-1 accuracy of ``model`` on ``data``, a float in [0, 1].
 
     Runs in eval mode under ``torch.inference_mode()`` and restores the train/eval mode of
-    every submodule afterwards. The model is not modified: when ``device`` differs from the
-    device of its parameters, a copy is moved there.
+    every submodule afterwards. Each batch is moved to the model's device (floating inputs
+    also to its dtype), so CPU data evaluates a GPU model. The model is not modified: when
+    ``device`` differs from the device of its parameters, a copy is moved there.
 
     Parameters
     ----------
@@ -301,25 +278,19 @@ def evaluate(
     float
         ``(number of argmax(logits) == label) / N``.
     """
-    model = _check_model(model)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    model = check_model(model)
+    batch_size = check_int("batch_size", batch_size)
+    device = check_device(device)
     loader = _as_loader(data, batch_size, shuffle=False, seed=0, name="data")
-    own = _model_device(model)
-    device = torch.device(device) if device is not None else own
-    if device != own:
+    if device is not None and device != model_device(model):
         model = copy.deepcopy(model).to(device)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    target = model_device(model)
     correct, seen = 0, 0
-    try:
-        with torch.inference_mode():
-            for inputs, labels in loader:
-                inputs, labels = inputs.to(device), labels.to(device)
-                correct += int((model(inputs).argmax(dim=1) == labels).sum())
-                seen += len(labels)
-    finally:
-        for module, mode in modes:
-            module.training = mode
+    with eval_mode(model), torch.inference_mode():
+        for inputs, labels in loader:
+            logits = model(to_model(inputs, model))
+            correct += int((logits.argmax(dim=1) == labels.to(target)).sum())
+            seen += len(labels)
     if seen == 0:
         raise ValueError("data yielded no batches")
     return correct / seen
@@ -365,9 +336,8 @@ def fine_tune(
     torch.nn.Module
         The fine-tuned model, in eval mode.
     """
-    model = _check_model(model)
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be a bool, got {type(inplace).__name__}")
+    model = check_model(model)
+    inplace = check_bool("inplace", inplace)
     tuned = model if inplace else copy.deepcopy(model)
     history = train(
         tuned,
@@ -424,7 +394,8 @@ def weights_path(
 
     The file name reads ``{name}_{dataset}_e{epochs}_lr{lr}_s{seed}_n{train_size}_{mode}_{hash}.pt``
     under ``root/weights`` (``root`` defaults to :func:`~pruning_utils.config.data_root`);
-    ``hash`` covers all these fields plus ``extra`` (model options, batch size, optimizer).
+    ``hash`` covers all these fields plus ``extra`` (model options, batch size, optimizer,
+    and, from :func:`train_or_load`, a fingerprint of the model's architecture).
     """
     key = {
         "name": name,
@@ -446,32 +417,174 @@ def weights_path(
     return base / "weights" / f"{stem}.pt"
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file in the target folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _architecture(model: nn.Module) -> str:
+    """A short hash of a model's architecture.
+
+    It covers the model's class name, every submodule's path, class name and settings
+    (``extra_repr``: sizes, kernel, stride, ...) and every state-dict entry's name, shape
+    and dtype, so that a model built differently under the same cache name gets its own
+    cache entry.
+    """
+    parts = [type(model).__qualname__]
+    for path, module in model.named_modules():
+        parts.append(f"{path}:{type(module).__qualname__}({module.extra_repr()})")
+    for key, tensor in model.state_dict().items():
+        parts.append(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextmanager
+def _cache_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
+    """Hold a lock on a weights folder: exclusive to write an entry, shared to read one.
+
+    Writers rename a weights file and its sidecar into place under the exclusive lock and
+    readers read both under a shared one, so a reader never pairs the weights of one run
+    with the sidecar of another. Where ``fcntl`` is missing (Windows) or the file system
+    refuses locks, no lock is taken (each file is still written atomically).
+    """
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    handle = None
+    if fcntl is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(folder / ".lock", "a+b")  # noqa: SIM115 (closed below)
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:
+            pass
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def _cache_fix(weights: Path, sidecar: Path) -> str:
+    return (
+        f"pass retrain=True to train again and replace this cache entry, or delete "
+        f"{weights.name} and {sidecar.name} from {weights.parent}"
+    )
+
+
+def _check_state(state: object, model: nn.Module) -> str | None:
+    """Why ``state`` does not fit ``model`` (None when its names, shapes and dtypes all do)."""
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        return "does not hold a state dict (a dict of tensors)"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} is {tuple(state[k].shape)} {state[k].dtype} where the model has "
+        f"{tuple(t.shape)} {t.dtype}"
+        for k, t in expected.items()
+        if k in state and (state[k].shape != t.shape or state[k].dtype != t.dtype)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing[:3]}" + (" ..." if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}" + (" ..." if len(unexpected) > 3 else ""))
+    problems.extend(wrong[:3])
+    if not problems:
+        return None
+    return "holds weights of another architecture (" + "; ".join(problems) + ")"
+
+
+def _read_meta(sidecar: Path, content: bytes, fix: str) -> dict:
+    """The parsed and checked JSON sidecar of a cache entry."""
+    try:
+        meta = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(sidecar, f"is not valid JSON ({exc})", fix) from exc
+    if not isinstance(meta, dict):
+        raise CorruptFileError(sidecar, "does not hold a JSON object", fix)
+    for key, kind in (("architecture", str), ("weights_sha256", str), ("history", list)):
+        if not isinstance(meta.get(key), kind):
+            raise CorruptFileError(sidecar, f"lacks a valid {key!r} field", fix)
+    if not all(isinstance(record, dict) for record in meta["history"]):
+        raise CorruptFileError(sidecar, "holds a 'history' that is not a list of records", fix)
+    return meta
+
+
+def _load_cached(model: nn.Module, weights: Path, architecture: str) -> dict | None:
+    """Load a cache entry into ``model`` and return its sidecar; None when there is none.
+
+    Raises
+    ------
+    CorruptFileError
+        When the weights file or its sidecar is missing, empty, truncated, modified, or
+        belongs to another architecture.
+    """
+    sidecar = weights.with_suffix(".json")
+    if not weights.is_file():
+        return None
+    with _cache_lock(weights.parent, exclusive=False):
+        try:
+            blob = weights.read_bytes()
+        except FileNotFoundError:  # removed in the meantime: nothing cached
+            return None
+        try:
+            text = sidecar.read_bytes()
+        except FileNotFoundError:
+            text = None
+    fix = _cache_fix(weights, sidecar)
+    if text is None:
+        raise CorruptFileError(
+            sidecar,
+            f"is missing, although the weights file {weights.name} exists: the cache entry "
+            "is incomplete",
+            fix,
+        )
+    meta = _read_meta(sidecar, text, fix)
+    if meta["architecture"] != architecture:
+        raise CorruptFileError(
+            sidecar,
+            f"describes a model of another architecture (fingerprint {meta['architecture']}, "
+            f"this model has {architecture}): the entry does not belong under this name",
+            fix,
+        )
+    if not blob:
+        raise CorruptFileError(weights, "is empty", fix)
+    if hashlib.sha256(blob).hexdigest() != meta["weights_sha256"]:
+        raise CorruptFileError(
+            weights,
+            f"does not match the SHA-256 checksum recorded in {sidecar.name}: it was truncated "
+            "or modified after it was written",
+            fix,
+        )
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails with many types on a damaged file
+        raise CorruptFileError(
+            weights, f"cannot be read by torch.load ({type(exc).__name__}: {exc})", fix
+        ) from exc
+    problem = _check_state(state, model)
+    if problem is not None:
+        raise CorruptFileError(weights, problem, fix)
+    model.load_state_dict(state)
+    return meta
+
+
+def _save_cached(model: nn.Module, weights: Path, meta: dict) -> None:
+    """Write a cache entry: the CPU state dict and its JSON sidecar (with a checksum).
+
+    Both files are written under temporary names and renamed into place together, under
+    the folder's exclusive lock.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    blob = buffer.getvalue()
+    meta = {**meta, "weights_sha256": hashlib.sha256(blob).hexdigest()}
+    text = json.dumps(meta, indent=2, default=repr)
+    sidecar = weights.with_suffix(".json")
+    with _cache_lock(weights.parent, exclusive=True), atomic_files(weights, sidecar) as tmps:
+        tmps[0].write_bytes(blob)
+        tmps[1].write_text(text)
 
 
 def train_or_load(
@@ -492,11 +605,21 @@ def train_or_load(
 ) -> nn.Module:
     """Train a model once and cache its weights; later calls load them.
 
-    The cache file (see :func:`weights_path`) is keyed by model name and options, dataset
-    (name and size, or a hash of its content), epochs, seed, learning rate, batch size,
-    optimizer and smoke/full mode. It is written atomically (temporary file, then rename)
-    with a JSON sidecar holding the training history, and loaded with
-    ``torch.load(..., weights_only=True)``.
+    The cache file (see :func:`weights_path`) is keyed by model name and options, a
+    fingerprint of the model's architecture (class, submodules and their settings,
+    state-dict names, shapes and dtypes), dataset (name and size, or a hash of its content),
+    epochs, seed, learning rate, batch size, optimizer and smoke/full mode: a model whose
+    architecture changed under the same name gets a new entry and is trained, never loaded
+    with weights of the old one. The entry is a plain ``state_dict`` (loadable with
+    ``torch.load(..., weights_only=True)``) and a JSON sidecar with the training history,
+    the architecture fingerprint and the SHA-256 checksum of the weights file; both are
+    written atomically (temporary files, then renamed into place together).
+
+    A cache entry that cannot be used (weights file empty, truncated or modified, sidecar
+    missing or not valid JSON, weights of another architecture) is never loaded and never
+    replaced silently: a :class:`~pruning_utils.files.CorruptFileError` names the file,
+    says what is wrong and to pass ``retrain=True`` (or delete the entry). A cache entry
+    holds whatever device trained it first; weights are loaded onto ``device``.
 
     Parameters
     ----------
@@ -511,7 +634,9 @@ def train_or_load(
         Training epochs; default ``get_config().epochs_mlp`` for MLPs and LeNet-5 and
         ``epochs_cnn`` for ``"small-cnn"``.
     seed:
-        Seed of the initial weights (fresh models are built under it) and of the shuffling.
+        Seed of the initial weights (fresh models are built on the CPU under it, so the
+        initial weights are the same on every device) and of the training
+        (see :func:`train`: reproducible per device type).
     lr, batch_size, optimizer:
         As for :func:`train`.
     model_kwargs:
@@ -520,22 +645,34 @@ def train_or_load(
         Name used in the cache key (required for an anonymous factory).
     device:
         Where to train and where the returned model lives; default
-        :func:`~pruning_utils.config.get_device`.
+        :func:`~pruning_utils.config.get_device` (a GPU when there is one, else the CPU).
+        :func:`evaluate` moves each batch to the model's device.
     root:
         Data root holding ``weights/`` (default :func:`~pruning_utils.config.data_root`).
     retrain:
-        Train again even when cached weights exist (and overwrite them).
+        Train again even when cached weights exist, and replace them (also the way out of
+        a damaged cache entry).
     progress:
         Show a tqdm bar while training.
 
     Returns
     -------
     torch.nn.Module
-        The trained model in eval mode, with ``.weights_path`` set to its cache file and
-        ``.train_history`` (a :class:`TrainHistory`, also after loading from the cache).
+        The trained model in eval mode on ``device``, with ``.weights_path`` set to its
+        cache file and ``.train_history`` (a :class:`TrainHistory`, also after loading
+        from the cache).
+
+    Raises
+    ------
+    CorruptFileError
+        When the cache entry exists but cannot be used and ``retrain`` is False.
     """
     config = get_config()
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be None or a dict, got {type(model_kwargs).__name__}")
     model_kwargs = dict(model_kwargs or {})
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be None or a str, got {type(name).__name__}")
     if isinstance(name_or_factory, str):
         key_name = name or name_or_factory.lower()
 
@@ -565,17 +702,21 @@ def train_or_load(
     if epochs is None:
         is_cnn = isinstance(name_or_factory, str) and name_or_factory.lower() == "small-cnn"
         epochs = config.epochs_cnn if is_cnn else config.epochs_mlp
-    epochs = _check_positive_int("epochs", epochs)
-    seed = _check_seed(seed)
-    lr = _check_lr(lr)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)}, got {optimizer!r}")
+    epochs = check_int("epochs", epochs)
+    seed = check_seed("seed", seed)
+    lr = check_real("lr", lr, lower=0.0, include_lower=False)
+    batch_size = check_int("batch_size", batch_size)
+    optimizer = check_choice("optimizer", optimizer, _OPTIMIZERS)
+    retrain = check_bool("retrain", retrain)
+    progress = check_bool("progress", progress)
+    device = check_device(device)
+    if root is not None and not isinstance(root, (str, Path)):
+        raise TypeError(f"root must be None, a str or a pathlib.Path, got {type(root).__name__}")
 
     if isinstance(dataset, str):
-        from pruning_utils.data import load_dataset
+        from pruning_utils.data import DATASETS, load_dataset
 
-        dataset_key = dataset
+        dataset_key = check_choice("dataset", dataset, sorted(DATASETS))
         train_data = load_dataset(dataset, "train", subset=config.train_subset, seed=0)
     elif isinstance(dataset, Dataset):
         train_data = dataset
@@ -585,7 +726,13 @@ def train_or_load(
             f"dataset must be a dataset name or a Dataset, got {type(dataset).__name__}"
         )
 
-    extra = {"model_kwargs": model_kwargs, "batch_size": batch_size, "optimizer": optimizer}
+    with seeded(seed):  # on the CPU: the same initial weights on every device
+        model = factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the factory must return an nn.Module, got {type(model).__name__}")
+    architecture = _architecture(model)
+    extra = {"model_kwargs": model_kwargs, "batch_size": batch_size, "optimizer": optimizer,
+             "architecture": architecture}
     path = weights_path(
         key_name,
         dataset_key,
@@ -597,19 +744,11 @@ def train_or_load(
         extra=extra,
         root=root,
     )
-    device = torch.device(device) if device is not None else get_device()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = factory()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"the factory must return an nn.Module, got {type(model).__name__}")
+    device = device if device is not None else get_device()
 
-    if path.is_file() and not retrain:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        model.to(device)
-    else:
-        model.to(device)
+    meta = None if retrain else _load_cached(model, path, architecture)
+    model.to(device)
+    if meta is None:
         history = train(
             model,
             train_data,
@@ -621,21 +760,14 @@ def train_or_load(
             device=device,
             progress=progress,
         )
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        _atomic_save(state, path)
         meta = {"name": key_name, "dataset": dataset_key, "epochs": epochs, "seed": seed,
                 "lr": lr, "smoke": config.smoke, "train_size": len(train_data), **extra,
                 "history": history.epochs}
-        _atomic_write_text(
-            json.dumps(meta, indent=2, default=repr), path.with_suffix(".json")
-        )
+        _save_cached(model, path, meta)
     model.eval()
     model.weights_path = path
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        model.train_history = TrainHistory(epochs=json.loads(sidecar.read_text())["history"])
+    model.train_history = TrainHistory(epochs=meta["history"])
     return model
-
 
 
 #: How the book trains each of its models (Adam, batch 256, on the whole training split of
@@ -655,6 +787,7 @@ def trained_model(
     *,
     seed: int = 0,
     progress: bool = True,
+    device: str | torch.device | None = None,
     **model_kwargs,
 ) -> nn.Module:
     """One of the book's trained models, trained once with :data:`BOOK_RECIPES` and cached.
@@ -672,6 +805,10 @@ def trained_model(
         Seed of the initial weights and of the shuffling.
     progress:
         Show a tqdm bar if training is needed.
+    device:
+        Where the model lives (and trains, if it must); default
+        :func:`~pruning_utils.config.get_device`, a GPU when there is one. Evaluate it
+        with :func:`evaluate`, which moves each batch to the model's device.
     **model_kwargs:
         Options of the model, e.g. ``activation=None`` for the original linear stacks.
 
@@ -680,8 +817,13 @@ def trained_model(
     torch.nn.Module
         The trained model in eval mode (see :func:`train_or_load`).
     """
-    if name not in BOOK_RECIPES:
-        raise ValueError(f"name must be one of {list(BOOK_RECIPES)}, got {name!r}")
+    name = check_choice("name", name, list(BOOK_RECIPES))
     return train_or_load(
-        name, dataset, seed=seed, model_kwargs=model_kwargs, progress=progress, **BOOK_RECIPES[name]
+        name,
+        dataset,
+        seed=seed,
+        model_kwargs=model_kwargs,
+        progress=progress,
+        device=device,
+        **BOOK_RECIPES[name],
     )

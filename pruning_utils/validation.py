@@ -38,6 +38,7 @@ __all__ = [
     "check_exactly_one",
     "check_dtype",
     "check_same_device",
+    "check_device",
 ]
 
 #: Floating dtypes that the factorizations compute in.
@@ -223,7 +224,8 @@ def check_layer_types(
     layers: object, allowed: Sequence[type] = (nn.Linear, nn.Conv2d), name: str = "layers"
 ) -> tuple[type, ...]:
     """A non-empty tuple of layer types drawn from ``allowed`` (a single type is accepted)."""
-    names = ", ".join(f"nn.{k.__name__}" for k in allowed)
+    listed = [f"nn.{k.__name__}" for k in allowed]
+    names = " and ".join([", ".join(listed[:-1]), listed[-1]] if len(listed) > 1 else listed)
     if isinstance(layers, type):
         layers = (layers,)
     if not isinstance(layers, (tuple, list)) or not layers:
@@ -299,3 +301,31 @@ def check_same_device(**tensors: Tensor) -> torch.device:
             "move them with .to(device)"
         )
     return next(iter(devices.values()))
+def check_device(device: object, name: str = "device") -> torch.device | None:
+    """``None``, or a device given as a ``torch.device`` or a string such as ``"cuda:0"``.
+
+    Returned as a ``torch.device`` (``None`` stays ``None``). A CUDA device must be
+    available.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return None
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"{name} must be None, a torch.device or a string such as 'cpu' or 'cuda', "
+            f"got {type(device).__name__}"
+        )
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{name} must name a device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{name} is {str(device)!r} but torch.cuda.is_available() is False; "
+            "use 'cpu' or leave it None"
+        )
+    return device

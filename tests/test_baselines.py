@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_utils.baselines import l1_structured_prune, magnitude_prune
 from pruning_utils.models import LeNet5, SimpleMLP, SmallCNN
+from pruning_utils.surgery import l1_structured_prune, magnitude_prune
 
 
 def state_copy(model):
@@ -34,7 +34,7 @@ def small_mlp(seed=0):
 def test_magnitude_sparsity_equals_amount_and_is_global(amount):
     model = small_mlp()
     state = state_copy(model)
-    pruned = magnitude_prune(model, amount)
+    pruned = magnitude_prune(model, 1.0 - amount)  # keep = 1 - the fraction zeroed
     assert unchanged(model, state)
     weights = [m.weight.detach() for m in model if isinstance(m, nn.Linear)]
     new = [m.weight.detach() for m in pruned if isinstance(m, nn.Linear)]
@@ -63,8 +63,8 @@ def test_magnitude_is_permanent_and_zero_amount_is_identity():
         assert not module._forward_pre_hooks
     assert isinstance(pruned[1].weight, nn.Parameter)
     x = torch.randn(5, 12)
-    assert torch.equal(magnitude_prune(model, 0.0)(x), model(x))
-    same = magnitude_prune(model, 0.2, inplace=True)
+    assert torch.equal(magnitude_prune(model, 1.0)(x), model(x))
+    same = magnitude_prune(model, 0.8, inplace=True)
     assert same is model
 
 
@@ -80,12 +80,15 @@ def test_magnitude_layer_types_and_report():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"amount": 1.5}, ValueError, r"amount must be a float in \[0, 1\]"),
-        ({"amount": -0.1}, ValueError, "amount"),
-        ({"amount": True}, ValueError, "amount"),
-        ({"amount": 0.5, "layers": [nn.Linear]}, TypeError, "layers"),
-        ({"amount": 0.5, "layers": (nn.Conv2d,)}, ValueError, "no layer"),
-        ({"amount": 0.5, "inplace": "yes"}, TypeError, "inplace"),
+        ({"keep": 1.5}, ValueError, r"keep must be a number in \[0, 1\]"),
+        ({"keep": -0.1}, ValueError, "keep"),
+        ({"keep": True}, TypeError, "keep"),
+        ({}, TypeError, "keep"),
+        ({"keep": 0.5, "amount": 0.5}, TypeError, "not both"),
+        ({"keep": 0.5, "fraction": 0.5}, TypeError, "unexpected keyword"),
+        ({"keep": 0.5, "layers": [nn.Linear]}, TypeError, "layers"),
+        ({"keep": 0.5, "layers": (nn.Conv2d,)}, ValueError, "no layer"),
+        ({"keep": 0.5, "inplace": "yes"}, TypeError, "inplace"),
     ],
 )
 def test_magnitude_bad_arguments(kwargs, error, match):
@@ -177,14 +180,14 @@ def test_l1_small_cnn_slices_batchnorm_and_flatten():
     assert changes.loc["fc2", "change"] == "input_sliced"
 
 
-def test_l1_zero_amount_is_identity_and_dict_amount():
+def test_l1_keep_all_is_identity_and_dict_keep():
     model = SmallCNN(channels=(4, 6, 8)).eval()
     x = torch.randn(2, 1, 28, 28)
-    assert torch.equal(l1_structured_prune(model, 0.0)(x), model(x))
+    assert torch.equal(l1_structured_prune(model, 1.0)(x), model(x))
     partial = l1_structured_prune(model, {"conv2_1": 0.5})
     assert partial.conv1_1.out_channels == 4 and partial.conv2_1.out_channels == 3
     assert partial.conv3_1.in_channels == 3 and partial.fc1.out_features == 128
-    tiny = l1_structured_prune(small_mlp(), 0.99)  # at least one unit is kept
+    tiny = l1_structured_prune(small_mlp(), 0.01)  # at least one unit is kept
     assert tiny[1].out_features == 1 and tiny[3].out_features == 1
 
 
@@ -195,12 +198,13 @@ def test_l1_inplace():
 
 
 @pytest.mark.parametrize(
-    ("model", "amount", "error", "match"),
+    ("model", "keep", "error", "match"),
     [
-        (small_mlp(), 1.0, ValueError, r"amount must be a float in \[0, 1\)"),
-        (small_mlp(), -0.5, ValueError, "amount"),
+        (small_mlp(), 0.0, ValueError, r"keep must be a float in \(0, 1\]"),
+        (small_mlp(), -0.5, ValueError, "keep"),
+        (small_mlp(), "half", TypeError, "keep"),
         (small_mlp(), {"5": 0.5}, ValueError, "not prunable hidden layers"),
-        (small_mlp(), {"1": 2.0}, ValueError, "amount"),
+        (small_mlp(), {"1": 2.0}, ValueError, "keep"),
         (nn.Linear(3, 3), 0.5, TypeError, "nn.Sequential"),
         (nn.Sequential(nn.Linear(3, 3)), 0.5, ValueError, "at least two"),
         (
@@ -224,6 +228,20 @@ def test_l1_inplace():
         (nn.Sequential(nn.Conv2d(1, 4, 3), nn.Linear(4, 2)), 0.5, ValueError, "Flatten"),
     ],
 )
-def test_l1_bad_arguments(model, amount, error, match):
+def test_l1_bad_arguments(model, keep, error, match):
     with pytest.raises(error, match=match):
-        l1_structured_prune(model, amount)
+        l1_structured_prune(model, keep)
+
+
+def test_deprecated_amount_still_works_and_warns():
+    model = small_mlp()
+    x = torch.randn(4, 12)
+    with pytest.warns(DeprecationWarning, match="amount= is deprecated"):
+        old = l1_structured_prune(model, amount=0.5)
+    torch.testing.assert_close(old(x), l1_structured_prune(model, 0.5)(x), rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="keep="):
+        old = magnitude_prune(model, amount=0.3)
+    torch.testing.assert_close(old(x), magnitude_prune(model, 0.7)(x), rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning):
+        partial = l1_structured_prune(model, amount={"1": 0.6})
+    assert partial[1].out_features == 4  # 10 units, 6 removed

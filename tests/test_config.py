@@ -1,10 +1,18 @@
+"""Run settings: smoke mode, data root, device, seeds."""
+
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from pruning_utils import config
+from pruning_utils import config, nnutils
+
+
+@pytest.fixture(autouse=True)
+def hermetic_data_root(monkeypatch, tmp_path):
+    """No test reads or writes the real data root."""
+    monkeypatch.setenv(config.DATA_ENV, str(tmp_path / "default-root"))
 
 
 def test_smoke_switch_reads_environment(monkeypatch):
@@ -74,6 +82,64 @@ def test_get_device():
     assert config.get_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="prefer"):
         config.get_device("tpu")
+    with pytest.raises(TypeError, match="prefer"):
+        config.get_device(0)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             config.get_device("cuda")
+
+
+def test_seeded_repeats_and_restores_the_cpu_generator():
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    with nnutils.seeded(3):
+        a = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), before)
+    with nnutils.seeded(3, device="cpu"):
+        b = torch.rand(4)
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, expected) and torch.equal(b, expected)
+    with nnutils.seeded(4):
+        assert not torch.equal(torch.rand(4), expected)
+
+
+def test_seeded_on_the_cpu_does_not_touch_cuda(monkeypatch):
+    def reseeds_cuda(*args, **kwargs):
+        raise AssertionError("a CPU block must not reseed CUDA generators")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_cuda)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeds_cuda)
+    with nnutils.seeded(0):
+        torch.rand(1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_seeded_on_cuda_repeats_and_restores_that_device():
+    device = torch.device("cuda", torch.cuda.current_device())
+    before_cpu, before_cuda = torch.get_rng_state(), torch.cuda.get_rng_state(device)
+    with nnutils.seeded(5, device):
+        a = torch.rand(8, device=device)
+    with nnutils.seeded(5, "cuda"):
+        b = torch.rand(8, device=device)
+    assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), before_cpu)
+    assert torch.equal(torch.cuda.get_rng_state(device), before_cuda)
+    torch.cuda.manual_seed(123)
+    after = torch.cuda.get_rng_state(device)
+    with nnutils.seeded(6):  # a CPU block neither reseeds nor restores the CUDA generator
+        torch.rand(8)
+    assert torch.equal(torch.cuda.get_rng_state(device), after)
+    torch.set_rng_state(before_cpu)
+    torch.cuda.set_rng_state(before_cuda, device)
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (2**63, ValueError), (1.5, TypeError)])
+def test_seeded_rejects_bad_seeds(seed, error):
+    with pytest.raises(error, match="seed"), nnutils.seeded(seed):
+        pass
+
+
+@pytest.mark.parametrize("device, error", [("gpu", ValueError), (0, TypeError)])
+def test_seeded_rejects_bad_devices(device, error):
+    with pytest.raises(error, match="device"), nnutils.seeded(0, device):
+        pass

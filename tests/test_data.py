@@ -1,5 +1,12 @@
+"""Datasets: where files are found, their checks, atomic unpacking, bad arguments."""
+
 import gzip
+import hashlib
+import json
+import os
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +16,9 @@ import torch
 
 from pruning_utils import data
 from pruning_utils.data import DATASETS, DatasetNotFoundError, load_dataset
+from pruning_utils.files import CorruptFileError
+
+REPO = Path(__file__).resolve().parents[1]
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -16,17 +26,36 @@ FILES = {
 }
 
 
+def image_bytes(n: int, fill: int, size: int = 28) -> bytes:
+    """An IDX file of ``n`` images of ``size × size`` pixels, all ``fill``."""
+    return struct.pack(">IIII", 0x0803, n, size, size) + bytes([fill]) * (n * size * size)
+
+
+def label_bytes(n: int) -> bytes:
+    """An IDX file of ``n`` labels ``0, 1, ..., 9, 0, 1, ...``."""
+    return struct.pack(">II", 0x0801, n) + bytes(i % 10 for i in range(n))
+
+
 def write_idx(folder: Path, n_train: int, n_test: int, fill: int, packed: bool) -> None:
     """Write tiny IDX files (the format of LeCun's MNIST distribution): images are all ``fill``."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("test", n_test)):
-        images = struct.pack(">IIII", 0x0803, n, 28, 28) + bytes([fill]) * (n * 28 * 28)
-        labels = struct.pack(">II", 0x0801, n) + bytes(i % 10 for i in range(n))
-        for name, payload in zip(FILES[split], (images, labels), strict=True):
+        for name, payload in zip(FILES[split], (image_bytes(n, fill), label_bytes(n)), strict=True):
             if packed:
                 (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
             else:
                 (folder / name).write_bytes(payload)
+
+
+def listing(folder: Path) -> list[str]:
+    """Every file under ``folder``, relative, sorted (hidden temporary files included)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(autouse=True)
+def hermetic_data_root(monkeypatch, tmp_path):
+    """No test reads or writes the real data root."""
+    monkeypatch.setenv("PRUNING_BOOK_DATA", str(tmp_path / "default-root"))
 
 
 @pytest.fixture
@@ -117,16 +146,22 @@ def test_offline_probe_reports_refusal(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"name": "cifar10"}, "name must be one of"),
-        ({"split": "validation"}, "split must be one of"),
-        ({"subset": 0}, "subset must be"),
-        ({"subset": 2.5}, "subset must be"),
+        ({"name": "cifar10"}, ValueError, "name must be one of"),
+        ({"name": 3}, TypeError, "name must be one of"),
+        ({"split": "validation"}, ValueError, "split must be one of"),
+        ({"subset": 0}, ValueError, "subset must be"),
+        ({"subset": 2.5}, TypeError, "subset must be"),
+        ({"seed": -1}, ValueError, "seed must be"),
+        ({"normalize": 1}, TypeError, "normalize must be"),
+        ({"download": "no"}, TypeError, "download must be"),
+        ({"timeout": 0}, ValueError, "timeout must be"),
+        ({"root": 3}, TypeError, "root must be"),
     ],
 )
-def test_bad_arguments(kwargs, match, tmp_path):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments(kwargs, error, match, tmp_path):
+    with pytest.raises(error, match=match):
         load_dataset(**{"name": "fashion-mnist", "split": "train", "root": tmp_path, **kwargs})
 
 
@@ -139,6 +174,12 @@ def test_train_val_split_is_deterministic_and_disjoint():
     assert set(train.indices).isdisjoint(val.indices)
     with pytest.raises(ValueError, match="val_fraction"):
         data.train_val_split(dataset, val_fraction=1.0)
+    with pytest.raises(TypeError, match="val_fraction"):
+        data.train_val_split(dataset, val_fraction="0.1")
+    with pytest.raises(ValueError, match="too small"):
+        data.train_val_split(torch.utils.data.TensorDataset(torch.arange(1)), val_fraction=0.5)
+    with pytest.raises(TypeError, match="dataset must be"):
+        data.train_val_split(42)
 
 
 def test_make_loader_shuffles_by_seed():
@@ -152,6 +193,10 @@ def test_make_loader_shuffles_by_seed():
     assert torch.equal(torch.cat([b[0] for b in data.make_loader(dataset, 8)]), torch.arange(64))
     with pytest.raises(ValueError, match="batch_size"):
         data.make_loader(dataset, 0)
+    with pytest.raises(TypeError, match="batch_size"):
+        data.make_loader(dataset, 8.0)
+    with pytest.raises(TypeError, match="shuffle"):
+        data.make_loader(dataset, 8, shuffle="yes")
 
 
 @pytest.mark.skipif(
@@ -164,3 +209,200 @@ def test_full_fashion_mnist_offline(tmp_path):
     assert len(train) == 60_000 and len(test) == 10_000
     counts = np.bincount(train.tensors[1].numpy())
     assert counts.tolist() == [6000] * 10
+    # the library's IDX reader against torchvision's
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    images, labels = data._read_split(raw, "test", DATASETS["fashion-mnist"])
+    assert torch.equal(images, read_image_file(str(raw / FILES["test"][0])))
+    assert torch.equal(labels.long(), read_label_file(str(raw / FILES["test"][1])))
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+IMAGES, LABELS = FILES["train"]
+
+
+def truncate(payload: bytes) -> bytes:
+    return payload[: len(payload) // 2]
+
+
+@pytest.mark.parametrize(
+    ("file", "payload", "problem"),
+    [
+        (IMAGES, b"", "is empty"),
+        (IMAGES, truncate(image_bytes(20, 7)), "is truncated"),
+        (IMAGES, image_bytes(20, 7)[:10], "is truncated"),
+        (IMAGES, image_bytes(20, 7) + b"\0" * 5, "is damaged"),
+        (IMAGES, label_bytes(20), "magic number 0x00000801"),
+        (IMAGES, b"<html>404 Not Found</html>", "magic number"),
+        (IMAGES, image_bytes(20, 7, size=32), "28x28"),
+        (IMAGES, image_bytes(0, 7), "holds no images"),
+        (LABELS, label_bytes(19), "holds 19 labels but train-images-idx3-ubyte"),
+        (LABELS, struct.pack(">II", 0x0801, 20) + bytes([12] * 20), "label 12, outside 0..9"),
+        (LABELS, image_bytes(20, 7), "magic number 0x00000803"),
+    ],
+)
+def test_damaged_idx_file_is_named_with_the_way_forward(tmp_path, no_system_copy, file, payload,
+                                                        problem):
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    write_idx(raw, 20, 10, fill=7, packed=False)
+    (raw / file).write_bytes(payload)
+    with pytest.raises(CorruptFileError) as info:
+        load_dataset("fashion-mnist", "train", root=tmp_path / "root", download=False)
+    error = info.value
+    assert isinstance(error, ValueError)  # one library error, a ValueError like every bad value
+    assert error.path == raw / file and str(raw / file) in str(error)
+    assert problem in str(error)
+    assert "To fix: delete" in str(error) and "load again" in str(error)
+    assert (raw / file).read_bytes() == payload  # the library deletes no file of the user
+    # the other split, whose files are intact, still loads
+    assert len(load_dataset("fashion-mnist", "test", root=tmp_path / "root", download=False)) == 10
+
+
+def test_truncated_gz_of_system_copy_leaves_nothing_behind(tmp_path, no_system_copy):
+    write_idx(no_system_copy, 20, 10, fill=7, packed=True)
+    packed = no_system_copy / f"{IMAGES}.gz"
+    damaged = truncate(packed.read_bytes())
+    packed.write_bytes(damaged)
+    root = tmp_path / "root"
+    with pytest.raises(CorruptFileError, match="gzip stream ends") as info:
+        load_dataset("fashion-mnist", "train", root=root, download=False)
+    assert info.value.path == packed and "reinstall" in str(info.value)
+    assert packed.read_bytes() == damaged
+    # the intact files were unpacked, the damaged one left no trace (no .partial, no .tmp)
+    unpacked = listing(root)
+    assert f"FashionMNIST/raw/{IMAGES}" not in unpacked
+    assert all(name.startswith("FashionMNIST/raw/") and "." not in Path(name).name
+               for name in unpacked), unpacked
+    # once the system copy is repaired, loading works
+    packed.write_bytes(gzip.compress(image_bytes(20, 7)))
+    train = load_dataset("fashion-mnist", "train", root=root, download=False, normalize=False)
+    assert torch.allclose(train.tensors[0], torch.full((20, 1, 28, 28), 7 / 255))
+    assert listing(root) == sorted(f"FashionMNIST/raw/{f}" for pair in FILES.values() for f in pair)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "is empty"),
+        (b"not gzip at all", "is not a valid gzip file"),
+        (gzip.compress(truncate(image_bytes(20, 7))), "is truncated: it holds"),
+        (gzip.compress(label_bytes(20)), "magic number"),
+    ],
+)
+def test_damaged_gz_in_data_root_is_named(tmp_path, no_system_copy, content, problem):
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    write_idx(raw, 20, 10, fill=7, packed=True)
+    (raw / f"{IMAGES}.gz").write_bytes(content)
+    with pytest.raises(CorruptFileError, match=problem) as info:
+        load_dataset("fashion-mnist", "train", root=tmp_path / "root", download=False)
+    assert info.value.path == raw / f"{IMAGES}.gz" and "delete it" in str(info.value)
+    assert (raw / f"{IMAGES}.gz").read_bytes() == content
+    assert not (raw / IMAGES).exists()
+    assert not [p for p in raw.iterdir() if p.name.startswith(".")]
+
+
+class FakeDownload:
+    """Stands in for a torchvision dataset class: writes the .gz files as a download would."""
+
+    mirrors = ["https://example.invalid/"]
+    fail_after: int | None = None
+
+    def __init__(self, root, train, download):
+        raw = Path(root) / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for i, name in enumerate(f for pair in FILES.values() for f in pair):
+            if self.fail_after is not None and i == self.fail_after:
+                (raw / f"{name}.gz").write_bytes(b"\x1f\x8b half a file")
+                raise ConnectionResetError("connection reset by peer")
+            payload = image_bytes(6, 9) if "images" in name else label_bytes(6)
+            (raw / f"{name}.gz").write_bytes(gzip.compress(payload))
+
+
+@pytest.mark.parametrize("fail_after", [None, 2])
+def test_download_is_atomic(tmp_path, no_system_copy, monkeypatch, fail_after):
+    monkeypatch.setattr(data, "_network_answers", lambda url, timeout: True)
+    monkeypatch.setattr(FakeDownload, "fail_after", fail_after)
+    monkeypatch.setattr(data, "_torchvision_class", lambda info: FakeDownload)
+    root = tmp_path / "root"
+    if fail_after is not None:
+        with pytest.raises(DatasetNotFoundError, match="connection reset"):
+            load_dataset("fashion-mnist", "train", root=root)
+        assert listing(root) == []  # the half-downloaded files went with their scratch folder
+    else:
+        assert len(load_dataset("fashion-mnist", "test", root=root)) == 6
+        assert listing(root) == sorted(
+            f"FashionMNIST/raw/{f}" for pair in FILES.values() for f in pair
+        )
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+RACER = """
+import dataclasses, hashlib, json, os, sys, time, types
+from pathlib import Path
+
+# import only the modules under test (torch, not the whole library): a quicker start
+package = types.ModuleType("pruning_utils")
+package.__path__ = [str(Path(sys.argv[1]) / "pruning_utils")]
+sys.modules["pruning_utils"] = package
+from pruning_utils import data
+
+system, go, roots = sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
+info = data.DATASETS["fashion-mnist"]
+data.DATASETS["fashion-mnist"] = dataclasses.replace(info, system_dirs=(system,))
+(go.parent / f"ready-{os.getpid()}").touch()
+while not go.exists():  # start together, so that the two unpack the same files at once
+    time.sleep(0.0005)
+digests = []
+for root in roots:
+    for split in ("train", "test"):
+        images, labels = data.load_dataset(
+            "fashion-mnist", split, root=root, download=False, normalize=False).tensors
+        content = images.numpy().tobytes() + labels.numpy().tobytes()
+        digests.append(hashlib.sha1(content).hexdigest())
+print(json.dumps(digests))
+"""
+
+
+def test_two_processes_load_the_same_fresh_root(tmp_path):
+    # distinct random pixels, so that a mix of two files or a torn file would show
+    rng = np.random.default_rng(0)
+    system = tmp_path / "system"
+    system.mkdir()
+    expected = {}
+    for split, n in (("train", 1500), ("test", 300)):
+        pixels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        header = struct.pack(">IIII", 0x0803, n, 28, 28)
+        image_file, label_file = FILES[split]
+        (system / f"{image_file}.gz").write_bytes(gzip.compress(header + pixels.tobytes(), 1))
+        (system / f"{label_file}.gz").write_bytes(
+            gzip.compress(struct.pack(">II", 0x0801, n) + labels.tobytes(), 1)
+        )
+        images = torch.from_numpy(pixels).to(torch.float32).div_(255.0).unsqueeze(1)
+        expected[split] = hashlib.sha1(
+            images.numpy().tobytes() + torch.from_numpy(labels).to(torch.int64).numpy().tobytes()
+        ).hexdigest()
+    roots = [tmp_path / f"root{i}" for i in range(6)]
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", RACER, str(REPO), str(system), str(go), *map(str, roots)]
+    racers = [
+        subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        if any(racer.poll() is not None for racer in racers):
+            break
+        time.sleep(0.01)
+    go.touch()
+    outputs = [racer.communicate(timeout=120) for racer in racers]
+    for racer, (out, err) in zip(racers, outputs, strict=True):
+        assert racer.returncode == 0, err
+        assert json.loads(out) == [expected["train"], expected["test"]] * len(roots)
+    names = sorted(f"FashionMNIST/raw/{f}" for pair in FILES.values() for f in pair)
+    for root in roots:
+        assert listing(root) == names  # no temporary or partial file left

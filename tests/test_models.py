@@ -1,4 +1,6 @@
-"""Models: architectures, parameter counts against hand formulas, seeding, bad inputs."""
+"""Models: architectures, parameter counts against hand formulas, seeding, slicing, bad inputs."""
+
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -103,20 +105,99 @@ def test_build_model_passes_options():
     ("call", "error", "match"),
     [
         (lambda: build_model("resnet"), ValueError, "name must be one of"),
-        (lambda: build_model(3), TypeError, "name must be a str"),
+        (lambda: build_model(3), TypeError, "name must be one of"),
         (lambda: build_model("lenet5", seed=-1), ValueError, "seed"),
+        (lambda: build_model("lenet5", seed=1.0), TypeError, "seed"),
         (lambda: SimpleMLP(activation="gelu"), ValueError, "activation"),
         (lambda: SimpleMLP(activation=nn.ReLU()), TypeError, "activation"),
         (lambda: MLP((784,)), ValueError, "at least 2"),
-        (lambda: MLP((784, 0, 10)), ValueError, "positive ints"),
+        (lambda: MLP((784, 0, 10)), ValueError, r"widths\[1\] must be an int >= 1"),
+        (lambda: MLP((784, 10.0)), TypeError, r"widths\[1\] must be an int"),
         (lambda: MLP("784"), TypeError, "widths"),
         (lambda: SmallCNN(channels=(8, 8, 8, 8, 8)), ValueError, "between 1 and 4"),
         (lambda: SmallCNN(convs_per_block=0), ValueError, "convs_per_block"),
         (lambda: SmallCNN(channels=8), TypeError, "channels"),
-        (lambda: SmallCNN(channels=(8, -1)), ValueError, "positive ints"),
+        (lambda: SmallCNN(channels=(8, -1)), ValueError, r"channels\[1\] must be an int >= 1"),
+        (lambda: SmallCNN(channels=()), ValueError, "at least 1"),
+        (lambda: SmallCNN(hidden=1.5), TypeError, "hidden"),
         (lambda: LeNet5(num_classes=0), ValueError, "num_classes"),
+        (lambda: LeNet5(num_classes="10"), TypeError, "num_classes"),
     ],
 )
 def test_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- nn.Sequential
+
+SLICES = [slice(None, -1), slice(1, 3), slice(None, None, 2), slice(-3, None), slice(5, 2),
+          slice(None), slice(None, None, -1)]
+
+
+def plain(model):
+    """An ``nn.Sequential`` of the same modules under the same names: the reference."""
+    return nn.Sequential(OrderedDict(model.named_children()))
+
+
+@pytest.mark.parametrize("name", ["simple-mlp", "small-cnn", "lenet5"])
+def test_book_models_slice_index_and_iterate_like_sequential(name):
+    model = build_model(name, seed=0)
+    reference = plain(model)
+    assert len(model) == len(reference)
+    assert [id(m) for m in model] == [id(m) for m in reference]
+    for i in range(-len(model), len(model)):
+        assert model[i] is reference[i]
+    for i in (len(model), -len(model) - 1):
+        with pytest.raises(IndexError):
+            reference[i]
+        with pytest.raises(IndexError):
+            model[i]
+    for s in SLICES:
+        piece, expected = model[s], reference[s]
+        assert type(piece) is nn.Sequential
+        assert [(n, id(m)) for n, m in piece.named_children()] == [
+            (n, id(m)) for n, m in expected.named_children()
+        ]
+
+
+def test_slice_shares_modules_and_computes_the_prefix():
+    model = build_model("small-cnn", seed=0).eval()
+    features = model[:-1]  # the usual way to cut off a feature extractor
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        h = x
+        for layer in list(model.children())[:-1]:
+            h = layer(h)
+        assert torch.equal(features(x), h)
+        assert features(x).shape == (2, model.fc1.out_features)
+        assert torch.equal(model.fc2(features(x)), model(x))
+        features.fc1.weight.mul_(2.0)  # shared, as in nn.Sequential: the model sees it
+    assert torch.equal(model.fc1.weight, features.fc1.weight)
+    assert build_model("large-mlp", activation=None)[1:3][0].out_features == 128
+
+
+def test_sequential_operations_still_work():
+    model = build_model("simple-mlp", seed=0)
+    extended = model + nn.Sequential(nn.Softmax(dim=1))
+    assert type(extended) is nn.Sequential and len(extended) == len(model) + 1
+    twice = LeNet5()[-1:] * 2
+    assert len(twice) == 2 and twice[0] is twice[1]
+    popped = model.pop(-1)
+    assert isinstance(popped, nn.Linear) and len(model) == 5
+    head = model.pop(slice(0, 2))
+    assert type(head) is nn.Sequential and len(head) == 2 and len(model) == 3
+
+
+def test_seeded_build_leaves_cuda_generators_alone(monkeypatch):
+    def reseeds_cuda(*args, **kwargs):
+        raise AssertionError("building on the CPU must not reseed CUDA generators")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_cuda)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeds_cuda)
+    cuda_state = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+    a = build_model("lenet5", seed=5)
+    b = build_model("lenet5", seed=5)
+    assert torch.equal(a.conv1.weight, b.conv1.weight)
+    if cuda_state is not None:
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_state)

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
+from pruning_utils.methods import METHODS
 from pruning_utils.plots import (  # noqa: E402
     DENSE_COLOR,
     PALETTE,
@@ -78,7 +79,10 @@ def frame():
 
 def test_set_style_and_palette():
     set_style()
-    assert len(set(PALETTE.values())) == len(PALETTE)  # one colour per method
+    colours = [m.color for m in METHODS.values()]
+    assert len(set(colours)) == len(colours) and DENSE_COLOR not in colours  # one per method
+    for m in METHODS.values():  # a method's name, label and old labels share its colour
+        assert {PALETTE[k] for k in (m.name, m.label, *m.aliases)} == {m.color}
     assert method_color("dense") == DENSE_COLOR
     assert method_color("my-method") == method_color("my-method")
     assert method_color("my-method") not in (DENSE_COLOR,)

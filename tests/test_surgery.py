@@ -224,16 +224,27 @@ def test_low_rank_alexnet_convolutions_full_rank():
         torch.testing.assert_close(new(x), y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
 
 
-def test_low_rank_leaves_attention_projections_alone():
+@pytest.mark.parametrize("transform", ["low_rank", "randomize"])
+def test_fused_transformer_layers_stay_dense_and_say_so(transform):
+    """A TransformerEncoderLayer's eval fast path reads linear1.weight directly: its layers
+    are left dense with a warning, so the model computes what the report says."""
     torch.manual_seed(0)
-    block = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=24, dropout=0.0)
-    block.eval()
-    new = low_rank(block, rank=10**6, skip_unprofitable=False)
-    assert isinstance(new.linear1, LowRankLinear) and isinstance(new.linear2, LowRankLinear)
-    assert type(new.self_attn.out_proj) is type(block.self_attn.out_proj)
-    x = torch.randn(5, 2, 16)
-    with torch.no_grad():
-        torch.testing.assert_close(new(x), block(x), rtol=1e-4, atol=1e-4)
+    model = nn.Sequential(
+        nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), nn.Linear(16, 16)
+    )
+    x = torch.randn(3, 5, 16)
+    with pytest.warns(UserWarning, match="fused inference path"):
+        if transform == "low_rank":
+            new = low_rank(model, rank=2)
+        else:
+            new = randomize(model, 4, generator=0)
+    names = [row.name for row in new.pruning_report.layers]
+    assert names == ["1"]  # only the head; nothing inside the fused block
+    assert isinstance(new[0].linear1, nn.Linear) and type(new[0].linear1) is nn.Linear
+    for mode in ("train", "eval"):
+        getattr(model, mode)(), getattr(new, mode)()
+        with torch.no_grad():
+            torch.testing.assert_close(new[0](x), model[0](x))
 
 
 def test_low_rank_bad_inputs():
@@ -262,7 +273,7 @@ def test_low_rank_bad_inputs():
         low_rank(nn.Sequential(nn.ReLU()), rank=2)
     with pytest.raises(ValueError, match="nothing to factorize"):
         low_rank(model, rank=2, layers=(nn.Conv2d,))
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         low_rank("model", rank=2)
     with pytest.raises(ValueError, match="data does not fit the model.*in_features=20"):
         low_rank(model, rank=2, data=torch.randn(4, 7))
@@ -553,7 +564,7 @@ def test_randomize_bad_inputs():
         randomize(_mlp(), samples=2, probabilities="uniform")
     with pytest.raises(ValueError, match="nothing to randomize"):
         randomize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), samples=2)
-    with pytest.raises(TypeError, match="generator must be a torch.Generator, an int seed or None"):
+    with pytest.raises(TypeError, match="generator must be None .*, an int seed or a torch.Gen"):
         randomize(_mlp(), samples=2, generator="seed")
 
 

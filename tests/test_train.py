@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -9,10 +10,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pruning_utils.train import TrainHistory, evaluate, fine_tune, train, train_or_load
+from pruning_utils.files import CorruptFileError
+from pruning_utils.train import (
+    TrainHistory,
+    evaluate,
+    fine_tune,
+    train,
+    train_or_load,
+    trained_model,
+)
 
 # the package exports the function ``train``, which hides the module of the same name
 train_module = importlib.import_module("pruning_utils.train")
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def hermetic_data_root(monkeypatch, tmp_path):
+    """No test reads or writes the real data root (its datasets or its weights cache)."""
+    monkeypatch.setenv("PRUNING_BOOK_DATA", str(tmp_path / "default-root"))
 
 
 def blobs(n=240, seed=0):
@@ -208,6 +225,13 @@ def test_train_or_load_by_model_name(tmp_path, monkeypatch):
         ({"optimizer": "rmsprop"}, ValueError, "optimizer"),
         ({"seed": -1}, ValueError, "seed"),
         ({"weight_decay": -0.1}, ValueError, "weight_decay"),
+        ({"epochs": 1.5}, TypeError, "epochs"),
+        ({"lr": "1e-3"}, TypeError, "lr"),
+        ({"lr": float("nan")}, ValueError, "lr"),
+        ({"optimizer": 3}, TypeError, "optimizer"),
+        ({"progress": 1}, TypeError, "progress"),
+        ({"device": "bogus"}, ValueError, "device"),
+        ({"device": 0}, TypeError, "device"),
     ],
 )
 def test_train_bad_arguments(kwargs, error, match):
@@ -234,9 +258,227 @@ def test_bad_models_and_data():
         train_or_load(tiny_model, blobs(), 1, name="t", model_kwargs={"a": 1})
     with pytest.raises(TypeError, match="dataset"):
         train_or_load("simple-mlp", 42, 1)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        train_or_load("simple-mlp", "cifar10", 1)
+    with pytest.raises(TypeError, match="retrain"):
+        train_or_load(tiny_model, blobs(), 1, name="t", retrain="yes")
+    with pytest.raises(ValueError, match="device"):
+        train_or_load(tiny_model, blobs(), 1, name="t", device="gpu")
+    with pytest.raises(ValueError, match="name must be one of"):
+        trained_model("resnet")
+    with pytest.raises(TypeError, match="batch_size"):
+        evaluate(tiny_model(), blobs(), batch_size=2.0)
 
 
 def test_diverging_training_raises():
     data = blobs()
     with pytest.raises(FloatingPointError, match="smaller lr"):
         train(nn.Linear(8, 3), data, 2, lr=1e38, optimizer="sgd", progress=False)
+
+
+# ----------------------------------------------------------------------------- devices, dtypes
+
+
+def test_evaluate_moves_inputs_to_the_model_dtype():
+    data = blobs(n=60, seed=2)
+    model = tiny_model(seed=1).double()
+    x, y = data.tensors  # float32 inputs for a float64 model
+    with torch.no_grad():
+        expected = float(np.mean(np.argmax(model(x.double()).numpy(), axis=1) == y.numpy()))
+    assert evaluate(model, data) == pytest.approx(expected)
+    train(model, data, 1, progress=False)  # trains too, in float64
+    assert model[0].weight.dtype == torch.float64
+
+
+def test_cpu_training_leaves_cuda_generators_alone(monkeypatch, tmp_path):
+    def reseeds_cuda(*args, **kwargs):
+        raise AssertionError("training on the CPU must not reseed CUDA generators")
+
+    def unseeded_model():
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    model, data = tiny_model(), blobs()
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_cuda)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeds_cuda)
+    train(model, data, 1, device="cpu", progress=False)
+    train_or_load(unseeded_model, data, 1, name="tiny", root=tmp_path, device="cpu",
+                  progress=False)
+
+
+def test_trained_model_forwards_device_and_recipe(monkeypatch):
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(args=args, **kwargs)
+        return "model"
+
+    monkeypatch.setattr(train_module, "train_or_load", fake)
+    assert trained_model("lenet5", seed=3, device="cpu", progress=False) == "model"
+    assert seen["args"] == ("lenet5", "fashion-mnist") and seen["device"] == "cpu"
+    assert seen["seed"] == 3 and seen["lr"] == train_module.BOOK_RECIPES["lenet5"]["lr"]
+
+
+@needs_cuda
+def test_cuda_model_and_cpu_data_agree(tmp_path):
+    data = blobs()
+    model = train_or_load(tiny_model, data, 2, name="tiny", root=tmp_path, lr=1e-2,
+                          device="cuda", progress=False)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    cpu_copy = tiny_model()
+    cpu_copy.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    assert evaluate(model, data) == pytest.approx(evaluate(cpu_copy, data))  # CPU batches
+    again = train_or_load(tiny_model, data, 2, name="tiny", root=tmp_path, lr=1e-2,
+                          device="cpu", progress=False)  # the cache serves every device
+    assert all(p.device.type == "cpu" for p in again.parameters())
+    assert same_weights(again, cpu_copy)
+
+
+@needs_cuda
+def test_cuda_training_is_seeded_and_restores_generators():
+    data = blobs()
+
+    def run(seed, caller):  # dropout draws on the GPU's generator
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.Linear(16, 3))
+        torch.cuda.manual_seed(caller)  # whatever the caller's CUDA state, seed decides
+        train(model, data, 2, seed=seed, device="cuda", progress=False)
+        return model
+
+    a, b, c = run(1, caller=10), run(1, caller=20), run(2, caller=10)
+    assert all(p.device.type == "cuda" for p in a.parameters())
+    assert same_weights(a, b) and not same_weights(a, c)
+    model = tiny_model()
+    cpu_state, cuda_state = torch.get_rng_state(), torch.cuda.get_rng_state()
+    train(model, data, 1, seed=3, device="cuda", progress=False)
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+
+
+# ----------------------------------------------------------------------------- the weights cache
+
+
+def cached(tmp_path, factory=tiny_model, name="tiny", **kwargs):
+    return train_or_load(factory, blobs(), 1, name=name, root=tmp_path, lr=1e-2, device="cpu",
+                         progress=False, **kwargs)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The number of times :func:`train` runs."""
+    calls = []
+    real_train = train_module.train
+
+    def counting_train(*args, **kwargs):
+        calls.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", counting_train)
+    return calls
+
+
+def flip_a_byte(blob: bytes) -> bytes:
+    middle = len(blob) // 2
+    return blob[:middle] + bytes([blob[middle] ^ 0xFF]) + blob[middle + 1:]
+
+
+@pytest.mark.parametrize(
+    ("damage", "which", "problem"),
+    [
+        (lambda w, s: w.write_bytes(b""), "weights", "is empty"),
+        (lambda w, s: w.write_bytes(w.read_bytes()[:100]), "weights", "SHA-256"),
+        (lambda w, s: w.write_bytes(flip_a_byte(w.read_bytes())), "weights", "SHA-256"),
+        (lambda w, s: s.write_text(s.read_text()[:40]), "sidecar", "is not valid JSON"),
+        (lambda w, s: s.write_bytes(b""), "sidecar", "is not valid JSON"),
+        (lambda w, s: s.write_bytes(b"\xff\xfe"), "sidecar", "is not valid JSON"),
+        (lambda w, s: s.write_text("[1, 2]"), "sidecar", "does not hold a JSON object"),
+        (lambda w, s: s.write_text('{"history": 3}'), "sidecar", "lacks a valid"),
+        (lambda w, s: s.unlink(), "sidecar", "is missing"),
+    ],
+)
+def test_damaged_cache_entry_is_refused_then_retrained_on_request(
+    tmp_path, counted, damage, which, problem
+):
+    first = cached(tmp_path)
+    weights = first.weights_path
+    sidecar = weights.with_suffix(".json")
+    damage(weights, sidecar)
+    files = {p: p.read_bytes() for p in (weights, sidecar) if p.exists()}
+    with pytest.raises(CorruptFileError) as info:
+        cached(tmp_path)
+    error = info.value
+    assert error.path == (weights if which == "weights" else sidecar)
+    assert str(error.path) in str(error) and problem in str(error)
+    assert "retrain=True" in str(error) and isinstance(error, ValueError)
+    assert len(counted) == 1  # not loaded, not trained again behind the user's back
+    assert {p: p.read_bytes() for p in files} == files  # nothing deleted or replaced
+    retrained = cached(tmp_path, retrain=True)
+    assert len(counted) == 2 and retrained.weights_path == weights
+    assert same_weights(retrained, first)  # same seed, same CPU: the same weights
+    loaded = cached(tmp_path)
+    assert len(counted) == 2 and same_weights(loaded, first)
+    assert sorted(p.name for p in weights.parent.iterdir()) == sorted(
+        [".lock", weights.name, sidecar.name]
+    )
+
+
+def test_weights_of_another_architecture_are_never_loaded(tmp_path, counted):
+    entry = cached(tmp_path).weights_path
+    sidecar = entry.with_suffix(".json")
+    # replace the weights by a wider model's, consistently (checksum updated): only the
+    # check against the model can tell
+    wide = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    train_module._save_cached(wide, entry, json.loads(sidecar.read_text()))
+    with pytest.raises(CorruptFileError, match=r"another architecture .*0\.weight is \(32, 8\)"):
+        cached(tmp_path)
+    # a sidecar describing another architecture is refused as well
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "architecture": "0123456789ab"}))
+    with pytest.raises(CorruptFileError, match="describes a model of another architecture"):
+        cached(tmp_path)
+    assert len(counted) == 1
+
+
+def test_changed_architecture_gets_its_own_entry(tmp_path, counted):
+    def narrow():
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def wide():
+        return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def smooth():  # same shapes as narrow, another activation
+        return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    a = cached(tmp_path, narrow)
+    b = cached(tmp_path, wide)
+    c = cached(tmp_path, smooth)
+    assert len(counted) == 3
+    assert len({a.weights_path, b.weights_path, c.weights_path}) == 3
+    assert b[0].out_features == 32 and isinstance(c[1], nn.Tanh)
+    again = cached(tmp_path, narrow)  # the first entry is still there and still loads
+    assert len(counted) == 3 and same_weights(again, a)
+
+
+def test_readers_never_pair_weights_and_sidecar_of_two_writers(tmp_path):
+    entry = tmp_path / "weights" / "tiny.pt"
+    models = [tiny_model(seed=1), tiny_model(seed=2)]
+    architecture = train_module._architecture(models[0])
+    meta = {"architecture": architecture, "history": []}
+    train_module._save_cached(models[0], entry, meta)
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            for model in models:
+                train_module._save_cached(model, entry, meta)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(25):
+            fresh = tiny_model(seed=3)
+            train_module._load_cached(fresh, entry, architecture)
+            assert same_weights(fresh, models[0]) or same_weights(fresh, models[1])
+    finally:
+        stop.set()
+        thread.join()
+    assert sorted(p.name for p in entry.parent.iterdir()) == [".lock", "tiny.json", "tiny.pt"]
