@@ -100,10 +100,6 @@ def _seed_from(generator: torch.Generator | int | None) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=gen, device=device).item())
 
 
-def _check_rule(probabilities: str) -> str:
-    return check_choice("probabilities", probabilities, PROBABILITY_RULES)
-
-
 def _factor_rank(
     rank: int | None, energy: float | None, upper: int
 ) -> tuple[int | None, float | None]:
@@ -656,7 +652,7 @@ class _Sampled(nn.Module):
 
     def _init_sampling(self, samples: int, probabilities: str, seed: int | None) -> None:
         self.samples = check_int("samples", samples)
-        self.probabilities = _check_rule(probabilities)
+        self.probabilities = check_choice("probabilities", probabilities, PROBABILITY_RULES)
         self.seed = _seed_from(seed)
         self._generator: torch.Generator | None = None
         self._generator_device: torch.device | None = None

@@ -21,7 +21,6 @@ from pruning_utils.validation import (
     check_choice,
     check_dtype,
     check_exactly_one,
-    check_finite,
     check_fraction,
     check_generator,
     check_int,
@@ -30,7 +29,6 @@ from pruning_utils.validation import (
     check_same_device,
     check_tensor,
     is_int,
-    is_real,
 )
 
 # ---------------------------------------------------------------------------
@@ -61,25 +59,6 @@ def _compute_dtype(X: Tensor, compute_dtype: object) -> torch.dtype:
 def _working_dtype(X: Tensor) -> torch.dtype:
     """X's dtype, or float32 for half precision (no half-precision QR/SVD/solve kernels)."""
     return X.dtype if X.dtype in COMPUTE_DTYPES else torch.float32
-
-
-def _check_rank(name: str, rank: object, upper: int) -> int:
-    """``rank`` as an int in ``[1, upper]`` (kept for modules that import it from here)."""
-    return check_int(name, rank, 1, upper)
-
-
-def _one_of_rank_energy(rank: object, energy: object) -> None:
-    """Exactly one of ``rank`` and ``energy`` (kept for modules that import it from here)."""
-    check_exactly_one(rank=rank, energy=energy)
-
-
-# Names that other modules of the library still import from here; new code imports them
-# from pruning_utils.validation.
-_check_count = check_int
-_check_finite = check_finite
-_check_fraction = check_fraction
-_is_int = is_int
-_is_real = is_real
 
 
 _SPLITS = ("balanced", "left", "right")
