@@ -7,7 +7,7 @@ harness (``data``, ``models``, ``train``, ``bench``, ``plots``, ``config``).
 """
 
 
-from pruning_utils.bench import (
+from pruning_utils.measure import (
     LatencyResult,
     break_even_report,
     compare_latency,

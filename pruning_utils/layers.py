@@ -24,21 +24,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from pruning_utils.linalg import (
-    _check_count,
-    _check_finite,
-    _check_fraction,
-    _check_matrix,
-    _check_rank,
-    _is_int,
-    _one_of_rank_energy,
     _sampled_product,
     conv_weight_matrix,
     low_rank_factors,
-    sampling_probabilities,
     whitened_low_rank_factors,
+)
+from pruning_utils.validation import (
+    check_choice,
+    check_exactly_one,
+    check_fraction,
+    check_generator,
+    check_int,
+    check_int_pair,
+    check_same_device,
+    check_seed,
+    check_tensor,
+    is_int,
 )
 
 __all__ = [
@@ -77,69 +80,35 @@ def _check_ungrouped(name: str, conv: nn.Conv2d) -> None:
         )
 
 
-def _check_padding_mode(padding_mode: str) -> str:
-    if padding_mode not in _PADDING_MODES:
-        raise ValueError(
-            f"padding_mode must be one of {list(_PADDING_MODES)}, got {padding_mode!r}"
-        )
-    return padding_mode
-
-
 def _check_padding(padding: str | IntPair) -> str | tuple[int, int]:
     if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
-        return padding
-    pair = _pair(padding)
-    if len(pair) != 2 or not all(_is_int(p) and p >= 0 for p in pair):
-        raise ValueError(f"padding must be 'same', 'valid' or non-negative ints, got {padding!r}")
-    return (int(pair[0]), int(pair[1]))
-
-
-def _check_pair(name: str, value: IntPair) -> tuple[int, int]:
-    pair = _pair(value)
-    if len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-    return (int(pair[0]), int(pair[1]))
+        return check_choice("padding", padding, ("same", "valid"))
+    return check_int_pair("padding", padding, lower=0)
 
 
 def _seed_from(generator: torch.Generator | int | None) -> int:
     """A seed for a layer's private generator.
 
-    ``int``: that seed; ``torch.Generator``: a seed drawn from it (so a seeded generator
-    makes the layer reproducible); ``None``: a seed drawn from torch's global generator,
-    like the default initialisation of ``nn.Linear``.
+    ``int``: that seed; ``torch.Generator``: a seed drawn from it, on its device (so a
+    seeded generator makes the layer reproducible); ``None``: a seed drawn from torch's
+    global CPU generator, like the default initialisation of ``nn.Linear``.
     """
-    if generator is None:
-        return int(torch.randint(0, 2**62, (1,)).item())
-    if isinstance(generator, torch.Generator):
-        return int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    if _is_int(generator):
-        if not 0 <= generator < 2**63:
-            raise ValueError(f"generator as a seed must be an int in [0, 2**63), got {generator}")
-        return int(generator)
-    raise TypeError(
-        f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}"
-    )
-
-
-def _check_rule(probabilities: str) -> str:
-    if probabilities not in PROBABILITY_RULES:
-        raise ValueError(
-            f"probabilities must be one of {list(PROBABILITY_RULES)}, got {probabilities!r}"
-        )
-    return probabilities
+    if is_int(generator):
+        return check_seed("generator", generator)
+    gen = check_generator(generator)
+    device = "cpu" if gen is None else gen.device
+    return int(torch.randint(0, 2**62, (1,), generator=gen, device=device).item())
 
 
 def _factor_rank(
     rank: int | None, energy: float | None, upper: int
 ) -> tuple[int | None, float | None]:
     """Validate the (rank, energy) pair of a single-layer factorization."""
-    _one_of_rank_energy(rank, energy)
+    check_exactly_one(rank=rank, energy=energy)
     if rank is not None:
-        rank = _check_rank("rank", rank, upper)
+        rank = check_int("rank", rank, 1, upper)
     else:
-        energy = _check_fraction("energy", energy)
+        energy = check_fraction("energy", energy)
     return rank, energy
 
 
@@ -218,9 +187,9 @@ class LowRankLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        in_features = _check_count("in_features", in_features)
-        out_features = _check_count("out_features", out_features)
-        rank = _check_rank("rank", rank, min(in_features, out_features))
+        in_features = check_int("in_features", in_features)
+        out_features = check_int("out_features", out_features)
+        rank = check_int("rank", rank, 1, min(in_features, out_features))
         kw = {"device": device, "dtype": dtype}
         self.first = nn.Linear(in_features, rank, bias=False, **kw)
         self.second = nn.Linear(rank, out_features, bias=bool(bias), **kw)
@@ -260,19 +229,21 @@ class LowRankLinear(nn.Module):
         LowRankLinear
             On A's device and dtype.
         """
-        A = _check_matrix("A", A)
-        B = _check_matrix("B", B)
+        A = check_tensor("A", A, 2)
+        B = check_tensor("B", B, 2)
         if A.shape[1] != B.shape[0]:
             raise ValueError(
                 f"A (m×r) and B (r×n) must share r, got A {tuple(A.shape)} and B {tuple(B.shape)}"
             )
+        check_same_device(A=A, B=B)
         m, r = A.shape
         n = B.shape[1]
         if bias is not None:
             if not isinstance(bias, Tensor) or bias.shape != (m,):
                 got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
                 raise ValueError(f"bias must be a tensor of shape ({m},), got {got}")
-            _check_finite("bias", bias)
+            check_tensor("bias", bias, 1)
+            check_same_device(A=A, bias=bias)
         layer = cls(n, m, r, bias=bias is not None, device=A.device, dtype=A.dtype)
         with torch.no_grad():
             layer.first.weight.copy_(B)
@@ -316,8 +287,7 @@ class LowRankLinear(nn.Module):
             On the layer's device and dtype; factors computed in float64.
         """
         _check_module("linear", linear, nn.Linear)
-        W = linear.weight.detach()
-        _check_finite("linear.weight", W)
+        W = check_tensor("linear.weight", linear.weight.detach(), 2)
         m, n = W.shape
         rank, energy = _factor_rank(rank, energy, min(m, n))
         if data is None:
@@ -347,11 +317,7 @@ def _linear_inputs(name: str, data: Tensor, in_features: int) -> Tensor:
             f"{name} must have in_features={in_features} features in its last dimension, "
             f"got shape {tuple(data.shape)}"
         )
-    X = data.reshape(-1, in_features)
-    if not X.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {X.dtype}")
-    _check_finite(name, X)
-    return X
+    return check_tensor(name, data.reshape(-1, in_features), 2)
 
 
 class _ConvGeometry(nn.Module):
@@ -367,13 +333,13 @@ class _ConvGeometry(nn.Module):
         dilation: IntPair,
         padding_mode: str,
     ) -> None:
-        self.in_channels = _check_count("in_channels", in_channels)
-        self.out_channels = _check_count("out_channels", out_channels)
-        self.kernel_size = _check_pair("kernel_size", kernel_size)
-        self.stride = _check_pair("stride", stride)
+        self.in_channels = check_int("in_channels", in_channels)
+        self.out_channels = check_int("out_channels", out_channels)
+        self.kernel_size = check_int_pair("kernel_size", kernel_size)
+        self.stride = check_int_pair("stride", stride)
         self.padding = _check_padding(padding)
-        self.dilation = _check_pair("dilation", dilation)
-        self.padding_mode = _check_padding_mode(padding_mode)
+        self.dilation = check_int_pair("dilation", dilation)
+        self.padding_mode = check_choice("padding_mode", padding_mode, _PADDING_MODES)
         if self.padding == "same" and self.stride != (1, 1):
             raise ValueError(f"padding='same' needs stride 1, got stride={self.stride}")
 
@@ -443,7 +409,7 @@ class LowRankConv2d(_ConvGeometry):
             in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
         )
         kh, kw = self.kernel_size
-        rank = _check_rank("rank", rank, min(self.out_channels, self.in_channels * kh * kw))
+        rank = check_int("rank", rank, 1, min(self.out_channels, self.in_channels * kh * kw))
         kw_ = {"device": device, "dtype": dtype}
         self.first = nn.Conv2d(
             self.in_channels,
@@ -506,7 +472,7 @@ class LowRankConv2d(_ConvGeometry):
         """
         _check_module("conv", conv, nn.Conv2d)
         _check_ungrouped("conv", conv)
-        _check_finite("conv.weight", conv.weight.detach())
+        check_tensor("conv.weight", conv.weight.detach(), 4)
         W = conv_weight_matrix(conv.weight.detach())
         rank, energy = _factor_rank(rank, energy, min(W.shape))
         A, B = low_rank_factors(W, rank=rank, energy=energy)
@@ -562,7 +528,7 @@ class SpatialLowRankConv2d(_ConvGeometry):
             in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
         )
         kh, kw = self.kernel_size
-        rank = _check_rank("rank", rank, min(self.in_channels * kh, self.out_channels * kw))
+        rank = check_int("rank", rank, 1, min(self.in_channels * kh, self.out_channels * kw))
         if isinstance(self.padding, str):
             pad_v: str | tuple[int, int] = self.padding
             pad_h: str | tuple[int, int] = self.padding
@@ -638,7 +604,7 @@ class SpatialLowRankConv2d(_ConvGeometry):
         """
         _check_module("conv", conv, nn.Conv2d)
         _check_ungrouped("conv", conv)
-        _check_finite("conv.weight", conv.weight.detach())
+        check_tensor("conv.weight", conv.weight.detach(), 4)
         M = spatial_weight_matrix(conv.weight.detach())
         rank, energy = _factor_rank(rank, energy, min(M.shape))
         V, H = low_rank_factors(M, rank=rank, energy=energy)
@@ -657,34 +623,62 @@ class SpatialLowRankConv2d(_ConvGeometry):
 # ---------------------------------------------------------------------------
 
 
-class _Sampled(nn.Module):
-    """Seed, lazy generator and sampling rule shared by the randomized layers.
+def _normalized(weights: Tensor) -> tuple[Tensor, Tensor]:
+    """``(weights / Σ weights, Σ weights)``, uniform where the sum is zero or not finite.
 
-    The generator is created from ``seed`` on first use (on the device of the weights) and
+    Computed on the device without asking the host anything (no ``float(total)``), so a
+    forward never waits for a GPU. The sum is returned so that a non-finite input can
+    make the output non-finite (see ``poison`` in ``linalg._sampled_product``).
+    """
+    total = weights.sum()
+    usable = torch.isfinite(total) & (total > 0)
+    uniform = torch.full_like(weights, 1.0 / weights.numel())
+    return torch.where(usable, weights / total, uniform), total
+
+
+class _Sampled(nn.Module):
+    """Seed, lazy generator, sampling rule and cached probabilities of the randomized layers.
+
+    The generator is created from ``seed`` on first use (on the device of the inputs) and
     is not part of the pickled state: a copy of the layer restarts its stream from
     ``seed``. The seed travels with ``state_dict()`` (as extra state).
+
+    Buffers: ``weight_norms`` (``‖W_{:,k}‖`` for every inner index k, saved in the
+    state dict) and ``weight_probabilities`` (the ``"weights"`` rule, derived from the
+    norms, not saved). Both are refreshed by :meth:`refresh_probabilities`, on every
+    call in training mode, and when a state dict is loaded. Nothing in a forward call
+    validates them or waits for the device.
     """
 
-    def _init_sampling(self, samples: int, probabilities: str, seed: int) -> None:
-        self.samples = _check_count("samples", samples)
-        self.probabilities = _check_rule(probabilities)
+    def _init_sampling(self, samples: int, probabilities: str, seed: int | None) -> None:
+        self.samples = check_int("samples", samples)
+        self.probabilities = check_choice("probabilities", probabilities, PROBABILITY_RULES)
         self.seed = _seed_from(seed)
         self._generator: torch.Generator | None = None
+        self._generator_device: torch.device | None = None
+
+    def _init_buffers(self) -> None:
+        norms = self._weight_matrix().norm(dim=0)
+        self.register_buffer("weight_norms", norms)
+        self.register_buffer("weight_probabilities", self._weight_rule(norms), persistent=False)
+
+    @staticmethod
+    def _weight_rule(norms: Tensor) -> Tensor:
+        """``p_k ∝ ‖W_{:,k}‖``, normalised in float64 and returned in the norms' dtype."""
+        return _normalized(norms.to(torch.float64))[0].to(norms.dtype)
 
     def reseed(self, seed: int) -> None:
         """Restart the stream of samples from ``seed`` (an int in ``[0, 2**63)``)."""
-        if not _is_int(seed):
-            raise TypeError(f"seed must be an int in [0, 2**63), got {seed!r}")
-        self.seed = _seed_from(seed)
+        self.seed = check_seed("seed", seed)
         self._generator = None
 
-    def _get_generator(self, device: torch.device) -> torch.Generator:
-        gen = self._generator
-        if gen is None or gen.device != device:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            self._generator = gen
-        return gen
+    def _get_generator(self, device: torch.device) -> torch.Generator | None:
+        if device.type == "meta":  # shapes only: nothing is drawn
+            return None
+        if self._generator is None or self._generator_device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            self._generator_device = device
+        return self._generator
 
     def get_extra_state(self) -> dict:
         return {"seed": self.seed}
@@ -695,26 +689,54 @@ class _Sampled(nn.Module):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_generator"] = None
+        state["_generator_device"] = None
         return state
 
-    def _probabilities(self, inputs: Tensor) -> Tensor:
-        """Sampling probabilities over the inner dimension.
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_generator_device", None)  # layers pickled before it existed
+        super().__setstate__(state)
+        if "weight_probabilities" not in self._buffers:
+            norms = self._buffers["weight_norms"]
+            self._buffers["weight_probabilities"] = self._weight_rule(norms)
+            self._non_persistent_buffers_set.add("weight_probabilities")
 
-        ``inputs`` is the ``(inner × columns)`` right factor of the product (transposed
-        batch); ``weight_norms`` holds the norm of each inner column of the weights.
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        with torch.no_grad():
+            self.weight_probabilities = self._weight_rule(self.weight_norms)
+
+    def _check_input(self, x: Tensor) -> None:
+        """Host-side checks of a forward's input (shapes and devices only: no sync)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.device != self.weight.device:
+            raise ValueError(
+                f"input is on {x.device} but the layer's weights are on {self.weight.device}; "
+                f"move the input with x.to({str(self.weight.device)!r})"
+            )
+
+    def _probabilities(self, inputs: Tensor, dim: int) -> tuple[Tensor, Tensor | None]:
+        """Sampling probabilities over the inner dimension, and the batch total (or None).
+
+        ``inputs`` is the factor of the product that comes from the batch; its norms along
+        ``dim`` are the input norms of the inner indices (``X`` with ``dim=0`` for a
+        linear layer, the im2col matrix ``U`` with ``dim=1`` for a convolution). The
+        ``"batch"`` rule computes them in the batch's dtype (float32 for half precision),
+        never in a float64 copy of the batch.
         """
         if self.training:  # weights may have changed since the last call
             self.refresh_probabilities()
-        norms = self.weight_norms.unsqueeze(1)  # inner × 1: its row norms are the weight norms
         if self.probabilities == "weights":
-            ones = torch.ones(1, norms.shape[0], dtype=norms.dtype, device=norms.device)
-            return sampling_probabilities(ones, norms)
-        return sampling_probabilities(norms.T, inputs)
+            return self.weight_probabilities, None
+        acc = torch.promote_types(inputs.dtype, torch.float32)
+        a = torch.linalg.vector_norm(inputs, dim=dim, dtype=acc)
+        return _normalized(a * self.weight_norms.to(acc))
 
     def refresh_probabilities(self) -> None:
-        """Recompute the cached weight norms from the current weights."""
+        """Recompute the cached weight norms and weight-rule probabilities from the weights."""
         with torch.no_grad():
             self.weight_norms.copy_(self._weight_matrix().norm(dim=0))
+            self.weight_probabilities.copy_(self._weight_rule(self.weight_norms))
 
 
 class RandomizedLinear(_Sampled):
@@ -728,7 +750,9 @@ class RandomizedLinear(_Sampled):
 
     It samples in training and evaluation mode alike (it is an estimator); ``c ≥ n`` is
     allowed (still i.i.d. with replacement, so still random). Fresh indices are drawn on
-    every call from the layer's own generator (seeded with ``seed``; :meth:`reseed`).
+    every call from the layer's own generator (seeded with ``seed``; :meth:`reseed`), on
+    the device of the input: a seed gives the same stream on every run of one device
+    type, and different streams on CPU and CUDA.
 
     Probability rules (``probabilities``):
 
@@ -737,19 +761,26 @@ class RandomizedLinear(_Sampled):
         over the batch times the norm of the weights leaving input k, i.e. row k of
         ``Wᵀ``). These are the optimal DKM probabilities for this batch, minimising
         ``E‖XWᵀ − estimate‖_F²``. Extra cost per forward: ``O(N·n)`` for the input norms
-        (the weight norms are cached in the buffer ``weight_norms``).
+        (in the batch's dtype; the weight norms are cached in the buffer ``weight_norms``).
+        A batch with a NaN or an infinity gives a NaN output.
     ``"weights"``
-        ``p_k ∝ ‖W_{:,k}‖``, precomputed once. This is the optimal rule when every input
-        feature has the same norm over the batch; if the actual input-column norms differ
-        by at most a factor κ, then ``p_k ≥ optimal_k / κ`` and the DKM bound
+        ``p_k ∝ ‖W_{:,k}‖``, precomputed once (buffer ``weight_probabilities``). This is
+        the optimal rule when every input feature has the same norm over the batch; if
+        the actual input-column norms differ by at most a factor κ, then
+        ``p_k ≥ optimal_k / κ`` and the DKM bound
         ``E‖XWᵀ − estimate‖_F² ≤ κ ‖X‖_F²‖W‖_F² / c`` still holds. Extra cost ``O(n)``.
 
     Either way the product costs ``N·u·m`` multiply-adds instead of ``N·n·m`` (``u ≤ c`` distinct
     indices), plus drawing ``c`` indices (``O(n + c)``) and copying the ``u`` sampled columns of
-    ``X`` and ``W`` (``O((N + m)·u)`` memory traffic). Only a small ``c/n`` can pay for that
-    overhead, and a small ``c/n`` means a large variance: measure before concluding. In
-    training mode the cached weight norms are recomputed on every call (``O(n·m)``) because
-    the weights change.
+    ``X`` and rows of ``Wᵀ`` (``O((N + m)·u)`` memory traffic). The weight is stored
+    column by column (``weight.T`` is contiguous), so each sampled row of ``Wᵀ`` is one
+    contiguous read. Only a small ``c/n`` can pay for that overhead, and a small ``c/n``
+    means a large variance: measure before concluding. In training mode the cached
+    weight norms are recomputed on every call (``O(n·m)``) because the weights change.
+
+    A forward never makes the host wait for the device: no value is read back, and on a
+    GPU the distinct indices fill ``min(c, n)`` slots (unused ones weigh 0) instead of
+    exactly ``u`` (see :func:`pruning_utils.linalg.randomized_matmul`).
 
     Parameters
     ----------
@@ -763,6 +794,15 @@ class RandomizedLinear(_Sampled):
         Whether the layer has a bias.
     seed:
         Seed of the layer's generator; ``None`` draws one from torch's global generator.
+
+    Examples
+    --------
+    >>> dense = nn.Linear(8, 3)
+    >>> layer = RandomizedLinear.from_linear(dense, samples=4, generator=0)
+    >>> layer(torch.ones(2, 8)).shape
+    torch.Size([2, 3])
+    >>> layer(torch.ones(0, 8)).shape  # an empty batch, as in nn.Linear
+    torch.Size([0, 3])
     """
 
     def __init__(
@@ -777,17 +817,26 @@ class RandomizedLinear(_Sampled):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_count("in_features", in_features)
-        self.out_features = _check_count("out_features", out_features)
+        self.in_features = check_int("in_features", in_features)
+        self.out_features = check_int("out_features", out_features)
         self._init_sampling(samples, probabilities, seed)
         kw = {"device": device, "dtype": dtype}
         dense = nn.Linear(in_features, out_features, bias=bool(bias), **kw)
-        self.weight = dense.weight
+        # the same values as nn.Linear's initialisation, stored column by column
+        self.weight = nn.Parameter(_column_major(dense.weight.detach()))
         self.bias = dense.bias
-        self.register_buffer("weight_norms", self.weight.detach().norm(dim=0))
+        self._init_buffers()
 
     def _weight_matrix(self) -> Tensor:
-        return self.weight.detach()
+        # row-major copy: the norms are then reduced in the same order as for nn.Linear
+        return self.weight.detach().contiguous()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not self.weight.T.is_contiguous():  # load_state_dict(assign=True) replaced it
+            self.weight = nn.Parameter(
+                _column_major(self.weight.detach()), requires_grad=self.weight.requires_grad
+            )
 
     @classmethod
     def from_linear(
@@ -802,17 +851,22 @@ class RandomizedLinear(_Sampled):
         Parameters
         ----------
         linear:
-            The dense layer.
+            The dense layer (its weights finite, not on the meta device).
         samples:
             ``c``, the number of sampled inner indices per forward (int >= 1).
         probabilities:
             ``"weights"`` or ``"batch"`` (see the class docstring).
         generator:
-            An int seed, a ``torch.Generator`` to draw the seed from, or ``None``.
+            An int seed (the layer's seed), a ``torch.Generator`` to draw the seed from
+            (on its device), or ``None`` (a seed from torch's global generator).
+
+        Returns
+        -------
+        RandomizedLinear
+            On the layer's device and dtype.
         """
         _check_module("linear", linear, nn.Linear)
-        _check_finite("linear.weight", linear.weight.detach())
-        W = linear.weight
+        W = check_tensor("linear.weight", linear.weight.detach(), 2)
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -831,10 +885,17 @@ class RandomizedLinear(_Sampled):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input must have in_features={self.in_features} entries in its last "
+                f"dimension, got shape {tuple(x.shape)}"
+            )
         X = x.reshape(-1, self.in_features)  # N × n
-        Wt = self.weight.T  # n × m
-        p = self._probabilities(X.T.detach())
-        y = _sampled_product(X, Wt, self.samples, p, self._get_generator(X.device))
+        Wt = self.weight.T  # n × m, contiguous: each sampled row is one contiguous read
+        p, total = self._probabilities(X.detach(), dim=0)
+        gen = self._get_generator(X.device)
+        y = _sampled_product(X, Wt, self.samples, p, gen, poison=total)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -845,6 +906,11 @@ class RandomizedLinear(_Sampled):
             f"samples={self.samples}, probabilities={self.probabilities!r}, "
             f"bias={self.bias is not None}, seed={self.seed}"
         )
+
+
+def _column_major(W: Tensor) -> Tensor:
+    """``W`` (m×n) with the same values, stored so that ``W.T`` is contiguous."""
+    return W.T.contiguous().T
 
 
 class RandomizedConv2d(_Sampled, _ConvGeometry):
@@ -860,7 +926,8 @@ class RandomizedConv2d(_Sampled, _ConvGeometry):
     ``p_k ∝ ‖U_{k,:}‖ · ‖W_{:,k}‖`` (extra ``O(N·L·C_in·k_h·k_w)`` per call, as much as
     unfolding), ``"weights"`` uses ``p_k ∝ ‖W_{:,k}‖``. Unfolding materialises a
     ``k_h·k_w`` times larger copy of the input, so this layer is a teaching device for the
-    estimator, not a fast convolution.
+    estimator, not a fast convolution. Like :class:`RandomizedLinear` it samples on the
+    input's device without making the host wait for it.
 
     Parameters
     ----------
@@ -907,10 +974,10 @@ class RandomizedConv2d(_Sampled, _ConvGeometry):
         )
         self.weight = dense.weight
         self.bias = dense.bias
-        self.register_buffer("weight_norms", self._weight_matrix().norm(dim=0))
+        self._init_buffers()
 
     def _weight_matrix(self) -> Tensor:
-        return conv_weight_matrix(self.weight.detach())
+        return self.weight.detach().reshape(self.out_channels, -1)  # C_out × C_in·k_h·k_w
 
     @classmethod
     def from_conv2d(
@@ -935,7 +1002,7 @@ class RandomizedConv2d(_Sampled, _ConvGeometry):
         """
         _check_module("conv", conv, nn.Conv2d)
         _check_ungrouped("conv", conv)
-        _check_finite("conv.weight", conv.weight.detach())
+        check_tensor("conv.weight", conv.weight.detach(), 4)
         layer = cls(
             **cls._conv_args(conv),
             samples=samples,
@@ -953,8 +1020,12 @@ class RandomizedConv2d(_Sampled, _ConvGeometry):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim not in (3, 4):
-            raise ValueError(f"input must be (N, C, H, W) or (C, H, W), got {tuple(x.shape)}")
+        self._check_input(x)
+        if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"input must be (N, C, H, W) or (C, H, W) with C = in_channels = "
+                f"{self.in_channels}, got shape {tuple(x.shape)}"
+            )
         unbatched = x.ndim == 3
         if unbatched:
             x = x.unsqueeze(0)
@@ -966,11 +1037,17 @@ class RandomizedConv2d(_Sampled, _ConvGeometry):
         (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.dilation, self.stride
         h_out = (h - dh * (kh - 1) - 1) // sh + 1
         w_out = (w - dw * (kw - 1) - 1) // sw + 1
+        if h_out < 1 or w_out < 1:
+            raise ValueError(
+                f"input of spatial size {h}×{w} (after padding) is smaller than the dilated "
+                f"kernel {dh * (kh - 1) + 1}×{dw * (kw - 1) + 1}"
+            )
         cols = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)
         U = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (C_in·kh·kw) × (N·L)
         W = self.weight.reshape(self.out_channels, -1)  # C_out × (C_in·kh·kw)
-        p = self._probabilities(U.detach())
-        y = _sampled_product(W, U, self.samples, p, self._get_generator(x.device))  # C_out × (N·L)
+        p, total = self._probabilities(U.detach(), dim=1)
+        gen = self._get_generator(x.device)
+        y = _sampled_product(W, U, self.samples, p, gen, poison=total)  # C_out × (N·L)
         y = y.reshape(self.out_channels, n, h_out, w_out).transpose(0, 1)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)

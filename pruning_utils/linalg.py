@@ -8,7 +8,6 @@ Shapes follow PyTorch: a weight matrix ``W`` is ``out_features × in_features``
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,129 +16,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pruning_utils.validation import (
+    COMPUTE_DTYPES,
+    check_choice,
+    check_dtype,
+    check_exactly_one,
+    check_fraction,
+    check_generator,
+    check_int,
+    check_int_pair,
+    check_real,
+    check_same_device,
+    check_tensor,
+    is_int,
+)
+
 # ---------------------------------------------------------------------------
-# Validators shared by the public functions of the library (layers and surgery
-# import these too). Each raises TypeError for a wrong kind of value and
-# ValueError for a value out of range; the message names the argument.
+# Conventions of this module
+#
+# * Arguments are checked by pruning_utils.validation (TypeError for a wrong kind,
+#   ValueError for a bad value, the message names the argument).
+# * Devices: every function computes on the device of its tensor arguments and returns
+#   tensors there; meta tensors are refused (they hold no values).
+# * Generators: ``None`` is torch's global generator, an int a new generator seeded with
+#   it on the data's device, a ``torch.Generator`` itself (it must live on the data's
+#   device type). A seed gives the same result on every run of the same device type;
+#   CPU and CUDA streams differ. Functions that are reproducible by default take
+#   ``generator=0``.
+# * Half precision (float16, bfloat16): the factorizations run in ``compute_dtype``
+#   (float32 when ``compute_dtype=None``, as LAPACK and cuSOLVER have no half-precision
+#   SVD or QR) and return the input's dtype; see each function.
 # ---------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
-    """True for python and numpy integers, False for bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def _compute_dtype(X: Tensor, compute_dtype: object) -> torch.dtype:
+    """The dtype a factorisation runs in: ``compute_dtype``, else X's own (float32 for half)."""
+    if compute_dtype is None:
+        return X.dtype if X.dtype in COMPUTE_DTYPES else torch.float32
+    return check_dtype("compute_dtype", compute_dtype, COMPUTE_DTYPES)
 
 
-def _is_real(value: object) -> bool:
-    """True for python and numpy reals (ints included), False for bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_finite(name: str, X: Tensor) -> None:
-    """Raise ValueError when tensor ``X`` holds a NaN or an infinity."""
-    if not bool(torch.isfinite(X).all()):
-        n_nan = int(torch.isnan(X).sum())
-        n_inf = int(torch.isinf(X).sum())
-        raise ValueError(
-            f"{name} must contain only finite values, found {n_nan} NaN and {n_inf} Inf "
-            f"entries (shape {tuple(X.shape)})"
-        )
-
-
-def _check_tensor(name: str, X: object, ndim: int | None = None) -> Tensor:
-    """A finite floating-point tensor, of ``ndim`` dimensions when given."""
-    if not isinstance(X, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}")
-    if ndim is not None and X.ndim != ndim:
-        raise ValueError(
-            f"{name} must be a {ndim}-D tensor, got shape {tuple(X.shape)} ({X.ndim}-D)"
-        )
-    if not X.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {X.dtype}")
-    if X.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(X.shape)}")
-    _check_finite(name, X)
-    return X
-
-
-def _check_matrix(name: str, X) -> Tensor:
-    """Check that ``X`` is a non-empty, finite, floating-point 2-D tensor and return it."""
-    return _check_tensor(name, X, ndim=2)
-
-
-def _check_rank(name: str, rank, upper: int) -> int:
-    """Check that ``rank`` is an int in ``[1, upper]`` and return it as a python int."""
-    if not _is_int(rank):
-        raise TypeError(f"{name} must be an int in [1, {upper}], got {rank!r}")
-    if not 1 <= rank <= upper:
-        raise ValueError(f"{name} must be an int in [1, {upper}], got {rank}")
-    return int(rank)
-
-
-def _check_fraction(name: str, value) -> float:
-    """Check that ``value`` is a real number in ``(0, 1]`` and return it as a float."""
-    if not _is_real(value):
-        raise TypeError(f"{name} must be a float in (0, 1], got {value!r}")
-    value = float(value)
-    if not 0.0 < value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{name} must be a float in (0, 1], got {value}")
-    return value
-
-
-def _one_of_rank_energy(rank, energy) -> None:
-    """Raise ValueError unless exactly one of ``rank`` and ``energy`` is given."""
-    if (rank is None) == (energy is None):
-        raise ValueError(
-            "give exactly one of rank (an int) and energy (a float in (0, 1]), "
-            f"got rank={rank!r} and energy={energy!r}"
-        )
-
-
-def _check_count(name: str, value, lower: int = 1) -> int:
-    """Check that ``value`` is an int ``>= lower`` and return it as a python int."""
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int >= {lower}, got {value!r}")
-    if value < lower:
-        raise ValueError(f"{name} must be an int >= {lower}, got {value}")
-    return int(value)
-
-
-def _check_vector(name: str, x) -> Tensor:
-    """Check that ``x`` is a non-empty, finite, floating-point 1-D tensor and return it."""
-    return _check_tensor(name, x, ndim=1)
-
-
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
-    """Check that ``value`` is one of the strings in ``choices``."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _check_generator(name: str, generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
-
-
-def _check_pair(name: str, value, lower: int) -> tuple[int, int]:
-    """An int or a pair of ints, each ``>= lower``, as a pair."""
-    pair = (value, value) if _is_int(value) else value
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(_is_int(v) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints >= {lower}, got {value!r}")
-    if min(pair) < lower:
-        raise ValueError(f"{name} must be an int or a pair of ints >= {lower}, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _compute_dtype(name: str, X: Tensor, compute_dtype) -> torch.dtype:
-    """The dtype a factorisation runs in: ``compute_dtype``, or X's own dtype when None."""
-    dtype = X.dtype if compute_dtype is None else compute_dtype
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(
-            f"{name} must be torch.float32, torch.float64 or None (the input's dtype, "
-            f"which must then be float32 or float64), got {compute_dtype!r} for input dtype "
-            f"{X.dtype}"
-        )
-    return dtype
+def _working_dtype(X: Tensor) -> torch.dtype:
+    """X's dtype, or float32 for half precision (no half-precision QR/SVD/solve kernels)."""
+    return X.dtype if X.dtype in COMPUTE_DTYPES else torch.float32
 
 
 _SPLITS = ("balanced", "left", "right")
@@ -192,17 +111,25 @@ def truncated_svd(
         Number of triplets ``r`` in ``[1, min(m, n)]``.
     compute_dtype:
         Dtype the SVD runs in (default float64, for accuracy); ``None`` runs it in
-        W's dtype. Results come back in W's dtype.
+        W's dtype (float32 for a float16 or bfloat16 ``W``). Results come back in W's
+        dtype, on W's device.
 
     Returns
     -------
     U, S, Vh:
         ``U`` (m×r) with orthonormal columns, ``S`` (r,) non-increasing and
         non-negative, ``Vh`` (r×n) with orthonormal rows.
+
+    Examples
+    --------
+    >>> W = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
+    >>> U, S, Vh = truncated_svd(W, 2)
+    >>> S
+    tensor([3., 2.])
     """
-    W = _check_matrix("W", W)
-    rank = _check_rank("rank", rank, min(W.shape))
-    dtype = _compute_dtype("compute_dtype", W, compute_dtype)
+    W = check_tensor("W", W, 2)
+    rank = check_int("rank", rank, 1, min(W.shape))
+    dtype = _compute_dtype(W, compute_dtype)
     U, S, Vh = torch.linalg.svd(W.detach().to(dtype), full_matrices=False)
     return (
         U[:, :rank].to(W.dtype).contiguous(),
@@ -213,7 +140,7 @@ def truncated_svd(
 
 def _check_spectrum(name: str, S) -> Tensor:
     """Singular values: a finite, non-negative, non-increasing 1-D tensor."""
-    S = _check_vector(name, S)
+    S = check_tensor(name, S, 1)
     if bool((S < 0).any()):
         raise ValueError(f"{name} must be non-negative (singular values), got min {S.min():.3g}")
     if S.numel() > 1 and bool((S[1:] > S[:-1]).any()):
@@ -256,11 +183,11 @@ def rank_for_energy(S: Tensor, energy: float, *, rtol: float | None = None) -> i
         The rank ``r`` in ``[1, len(S)]``; 1 when ``S`` is all zero.
     """
     S = _check_spectrum("S", S)
-    energy = _check_fraction("energy", energy)
+    energy = check_fraction("energy", energy)
     if rtol is None:
         rtol = S.numel() * torch.finfo(S.dtype).eps
-    elif not _is_real(rtol) or not 0.0 <= float(rtol) < math.inf:
-        raise ValueError(f"rtol must be a finite float >= 0 or None, got {rtol!r}")
+    else:
+        rtol = check_real("rtol", rtol, lower=0.0)
     s = S.detach().to(torch.float64, copy=True)
     if float(s[0]) == 0.0:
         return 1
@@ -290,7 +217,7 @@ def energy_kept(S: Tensor, rank: int) -> float:
         The fraction in ``[0, 1]``; 1.0 when ``S`` is all zero (nothing to lose).
     """
     S = _check_spectrum("S", S)
-    rank = _check_rank("rank", rank, S.numel())
+    rank = check_int("rank", rank, 1, S.numel())
     s2 = S.detach().to(torch.float64) ** 2
     total = float(s2.sum())
     if total == 0.0:
@@ -304,14 +231,16 @@ def energy_kept(S: Tensor, rank: int) -> float:
 
 
 def _gaussian(rows: int, cols: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard Gaussian matrix drawn from ``generator`` (on its own device), moved to ``like``."""
-    device = generator.device if generator is not None else like.device
-    G = torch.randn(rows, cols, generator=generator, dtype=like.dtype, device=device)
-    return G.to(like.device)
+    """Standard Gaussian matrix on ``like``'s device and dtype, drawn from ``generator``.
+
+    ``generator`` lives on that device (:func:`~pruning_utils.validation.check_generator`);
+    ``None`` draws from torch's global generator of that device.
+    """
+    return torch.randn(rows, cols, generator=generator, dtype=like.dtype, device=like.device)
 
 
 def randomized_range_finder(
-    W: Tensor, size: int, n_iter: int = 0, generator: torch.Generator | None = None
+    W: Tensor, size: int, n_iter: int = 0, generator: torch.Generator | int | None = None
 ) -> Tensor:
     """Orthonormal basis ``Q`` (m × size) of an approximate range of ``W`` (HMT Alg. 4.4).
 
@@ -325,25 +254,28 @@ def randomized_range_finder(
     Parameters
     ----------
     W:
-        Matrix ``m × n``; the computation runs in its dtype.
+        Matrix ``m × n``; the computation runs in its dtype on its device (float32 for a
+        float16 or bfloat16 ``W``, with ``Q`` returned in W's dtype).
     size:
         Number of columns ``ℓ`` of the basis (target rank plus oversampling), in
         ``[1, min(m, n)]``.
     n_iter:
         Number of power iterations ``q ≥ 0``.
     generator:
-        Source of the Gaussian test matrix; ``None`` uses torch's global generator.
+        Source of the Gaussian test matrix: ``None`` (torch's global generator of W's
+        device), an int seed, or a ``torch.Generator`` on W's device type.
 
     Returns
     -------
     Tensor
         ``Q`` (m × ℓ) with orthonormal columns.
     """
-    W = _check_matrix("W", W)
-    size = _check_rank("size", size, min(W.shape))
-    n_iter = _check_count("n_iter", n_iter, lower=0)
-    _check_generator("generator", generator)
-    return _range_finder(W.detach(), size, n_iter, generator)
+    W = check_tensor("W", W, 2)
+    size = check_int("size", size, 1, min(W.shape))
+    n_iter = check_int("n_iter", n_iter, lower=0)
+    generator = check_generator(generator, W.device)
+    Q = _range_finder(W.detach().to(_working_dtype(W)), size, n_iter, generator)
+    return Q.to(W.dtype)
 
 
 def _range_finder(W: Tensor, size: int, n_iter: int, generator) -> Tensor:
@@ -360,7 +292,7 @@ def randomized_svd(
     rank: int,
     oversample: int = 10,
     n_iter: int = 2,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Approximate leading ``rank`` singular triplets by the randomized SVD of HMT.
 
@@ -377,7 +309,8 @@ def randomized_svd(
     Parameters
     ----------
     W:
-        Matrix ``m × n``; the computation runs in its dtype.
+        Matrix ``m × n``; the computation runs in its dtype on its device (float32 for a
+        float16 or bfloat16 ``W``, with the results returned in W's dtype).
     rank:
         Target rank ``k`` in ``[1, min(m, n)]``.
     oversample:
@@ -385,8 +318,9 @@ def randomized_svd(
     n_iter:
         Power iterations ``q ≥ 0`` (1 or 2 are usually enough).
     generator:
-        Source of the Gaussian test matrix; the same seed gives the same result.
-        ``None`` uses torch's global generator.
+        Source of the Gaussian test matrix: ``None`` (torch's global generator of W's
+        device), an int seed or a ``torch.Generator`` on W's device type. The same seed
+        gives the same result on the same device type.
 
     Returns
     -------
@@ -394,18 +328,23 @@ def randomized_svd(
         ``U`` (m×k) orthonormal columns, ``S`` (k,) non-increasing, ``Vh`` (k×n)
         orthonormal rows, with ``W ≈ U @ diag(S) @ Vh``.
     """
-    W = _check_matrix("W", W)
-    rank = _check_rank("rank", rank, min(W.shape))
-    oversample = _check_count("oversample", oversample, lower=0)
-    n_iter = _check_count("n_iter", n_iter, lower=0)
-    _check_generator("generator", generator)
-    W = W.detach()
+    W = check_tensor("W", W, 2)
+    rank = check_int("rank", rank, 1, min(W.shape))
+    oversample = check_int("oversample", oversample, lower=0)
+    n_iter = check_int("n_iter", n_iter, lower=0)
+    generator = check_generator(generator, W.device)
+    out = W.dtype
+    W = W.detach().to(_working_dtype(W))
     size = min(rank + oversample, *W.shape)
     Q = _range_finder(W, size, n_iter, generator)  # m × ℓ
     B = Q.mT @ W  # ℓ × n
     Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
     U = Q @ Ub[:, :rank]
-    return U.contiguous(), S[:rank].contiguous(), Vh[:rank].contiguous()
+    return (
+        U.to(out).contiguous(),
+        S[:rank].to(out).contiguous(),
+        Vh[:rank].to(out).contiguous(),
+    )
 
 
 def hmt_error_bound(
@@ -460,13 +399,10 @@ def hmt_error_bound(
         The bound.
     """
     S = _check_spectrum("S", S)
-    norm = _check_choice("norm", norm, ("fro", "spectral"))
-    n_iter = _check_count("n_iter", n_iter, lower=0)
-    if not _is_int(oversample):
-        raise TypeError(f"oversample must be an int >= 2, got {oversample!r}")
-    if oversample < 2:
-        raise ValueError(f"oversample must be an int >= 2 (HMT Thm 10.5), got {oversample}")
-    if not _is_int(rank):
+    norm = check_choice("norm", norm, ("fro", "spectral"))
+    n_iter = check_int("n_iter", n_iter, lower=0)
+    oversample = check_int("oversample", oversample, lower=2)  # HMT Thm 10.5 needs p >= 2
+    if not is_int(rank):
         raise TypeError(f"rank must be an int in [2, len(S) - oversample], got {rank!r}")
     upper = S.numel() - int(oversample)
     if not 2 <= rank <= upper:
@@ -539,7 +475,7 @@ def low_rank_factors(
     split: str = "balanced",
     method: str = "auto",
     compute_dtype: torch.dtype | None = torch.float64,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = 0,
 ) -> tuple[Tensor, Tensor]:
     """Rank-r factors ``W ≈ A @ B`` with A (m×r), B (r×n) from the truncated SVD.
 
@@ -577,40 +513,47 @@ def low_rank_factors(
         always uses the full SVD.
     compute_dtype:
         Dtype of the SVD, default float64 (float32 weights are factorised in double
-        precision); ``None`` uses W's dtype. Results come back in W's dtype.
+        precision); ``None`` uses W's dtype (float32 for a float16 or bfloat16 ``W``).
+        Results come back in W's dtype, on W's device.
     generator:
-        Source of the randomized path's test matrix; ``None`` uses a fresh generator
-        seeded with 0, so results are reproducible.
+        Source of the randomized path's test matrix: an int seed (default 0, so results
+        are reproducible on each device type), a ``torch.Generator`` on W's device type,
+        or ``None`` for torch's global generator.
 
     Returns
     -------
     A, B:
         ``A`` (m×r) and ``B`` (r×n) in W's dtype.
+
+    Examples
+    --------
+    >>> W = torch.outer(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0]))
+    >>> A, B = low_rank_factors(W, rank=1)
+    >>> torch.allclose(A @ B, W)
+    True
     """
-    W = _check_matrix("W", W)
+    W = check_tensor("W", W, 2)
     m, n = W.shape
-    _one_of_rank_energy(rank, energy)
-    split = _check_choice("split", split, _SPLITS)
-    method = _check_choice("method", method, ("auto", "full", "randomized"))
+    check_exactly_one(rank=rank, energy=energy)
+    split = check_choice("split", split, _SPLITS)
+    method = check_choice("method", method, ("auto", "full", "randomized"))
     if rank is not None:
-        rank = _check_rank("rank", rank, min(m, n))
+        rank = check_int("rank", rank, 1, min(m, n))
     else:
-        energy = _check_fraction("energy", energy)
+        energy = check_fraction("energy", energy)
         if method == "randomized":
             raise ValueError(
                 "method='randomized' needs rank=: energy= needs the whole spectrum, "
                 "use method='full' or 'auto'"
             )
-    _check_generator("generator", generator)
-    dtype = _compute_dtype("compute_dtype", W, compute_dtype)
+    generator = check_generator(generator, W.device)
+    dtype = _compute_dtype(W, compute_dtype)
     Wc = W.detach().to(dtype)
 
     randomized = rank is not None and (
         method == "randomized" or (method == "auto" and _prefer_randomized(m, n, rank))
     )
     if randomized:
-        if generator is None:
-            generator = torch.Generator(device=W.device).manual_seed(0)
         U, S, Vh = randomized_svd(Wc, rank, _auto_oversample(rank), _AUTO_N_ITER, generator)
     else:
         U, S, Vh = _thin_svd(Wc)
@@ -643,8 +586,8 @@ def break_even_rank(m: int, n: int) -> float:
     float
         ``r* = mn / (m + n)``.
     """
-    m = _check_count("m", m)
-    n = _check_count("n", n)
+    m = check_int("m", m)
+    n = check_int("n", n)
     return m * n / (m + n)
 
 
@@ -670,10 +613,40 @@ def conv_break_even_rank(in_channels: int, out_channels: int, kernel_size) -> fl
     float
         ``r*``.
     """
-    c = _check_count("in_channels", in_channels)
-    f = _check_count("out_channels", out_channels)
-    d_h, d_w = _check_pair("kernel_size", kernel_size, lower=1)
+    c = check_int("in_channels", in_channels)
+    f = check_int("out_channels", out_channels)
+    d_h, d_w = check_int_pair("kernel_size", kernel_size, lower=1)
     return d_h * d_w * c * f / (d_h * d_w * c + f)
+
+
+def spatial_break_even_rank(in_channels: int, out_channels: int, kernel_size) -> float:
+    """Break-even rank of a ``d_h×d_w`` conv split into a ``d_h×1`` conv c→r and a ``1×d_w`` r→f.
+
+    The spatial (Jaderberg) separation costs ``r (d_h c + d_w f)`` weights and
+    multiply-adds per output pixel against ``d_h d_w c f``, so it wins for
+    ``r < r* = d_h d_w c f / (d_h c + d_w f)``: :func:`break_even_rank` of the
+    ``(c d_h) × (f d_w)`` matrix of ``layers.spatial_weight_matrix`` when the horizontal
+    convolution runs at every input column (stride 1).
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size:
+        As in :func:`conv_break_even_rank`.
+
+    Returns
+    -------
+    float
+        ``r*``.
+
+    Examples
+    --------
+    >>> spatial_break_even_rank(16, 32, 3)
+    32.0
+    """
+    c = check_int("in_channels", in_channels)
+    f = check_int("out_channels", out_channels)
+    d_h, d_w = check_int_pair("kernel_size", kernel_size, lower=1)
+    return d_h * d_w * c * f / (d_h * c + d_w * f)
 
 
 # ---------------------------------------------------------------------------
@@ -711,19 +684,21 @@ class PCAResult:
 
     def transform(self, X: Tensor) -> Tensor:
         """Coordinates ``Z = (X − μ) V_kᵀ`` (N × k) of samples ``X`` (N × d)."""
-        X = _check_matrix("X", X)
+        X = check_tensor("X", X, 2)
         d = self.components.shape[1]
         if X.shape[1] != d:
             raise ValueError(f"X must have {d} columns (features), got shape {tuple(X.shape)}")
+        check_same_device(X=X, components=self.components)
         return (X.to(self.mean.dtype) - self.mean) @ self.components.mT
 
     def inverse_transform(self, Z: Tensor) -> Tensor:
         """Reconstruction ``Z V_k + μ`` (N × d) from coordinates ``Z`` (N × k)."""
-        Z = _check_matrix("Z", Z)
+        Z = check_tensor("Z", Z, 2)
         if Z.shape[1] != self.n_components:
             raise ValueError(
                 f"Z must have {self.n_components} columns (components), got shape {tuple(Z.shape)}"
             )
+        check_same_device(Z=Z, components=self.components)
         return Z.to(self.mean.dtype) @ self.components + self.mean
 
 
@@ -752,14 +727,20 @@ def pca(
     n_components:
         Keep ``k`` components, ``k`` in ``[1, min(N, d)]``.
     compute_dtype:
-        Dtype of the SVD (default float64); ``None`` uses X's dtype. Results come back
-        in X's dtype.
+        Dtype of the SVD (default float64); ``None`` uses X's dtype (float32 for a
+        float16 or bfloat16 ``X``). Results come back in X's dtype, on X's device.
 
     Returns
     -------
     PCAResult
+
+    Examples
+    --------
+    >>> X = torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    >>> pca(X, n_components=1).components
+    tensor([[0.7071, 0.7071]])
     """
-    X = _check_matrix("X", X)
+    X = check_tensor("X", X, 2)
     N, d = X.shape
     if N < 2:
         raise ValueError(f"X must have at least 2 rows (samples), got shape {tuple(X.shape)}")
@@ -769,10 +750,10 @@ def pca(
             f"got variance={variance!r} and n_components={n_components!r}"
         )
     if variance is not None:
-        variance = _check_fraction("variance", variance)
+        variance = check_fraction("variance", variance)
     if n_components is not None:
-        n_components = _check_rank("n_components", n_components, min(N, d))
-    dtype = _compute_dtype("compute_dtype", X, compute_dtype)
+        n_components = check_int("n_components", n_components, 1, min(N, d))
+    dtype = _compute_dtype(X, compute_dtype)
 
     Xc = X.detach().to(dtype)
     mean = Xc.mean(dim=0)
@@ -807,8 +788,8 @@ def pca(
 
 
 def _check_product(A, B) -> tuple[Tensor, Tensor]:
-    A = _check_matrix("A", A)
-    B = _check_matrix("B", B)
+    A = check_tensor("A", A, 2)
+    B = check_tensor("B", B, 2)
     if A.shape[1] != B.shape[0]:
         raise ValueError(
             "inner dimensions must match: A is m×n and B is n×p, "
@@ -816,6 +797,7 @@ def _check_product(A, B) -> tuple[Tensor, Tensor]:
         )
     if A.dtype != B.dtype:
         raise TypeError(f"A and B must have the same dtype, got {A.dtype} and {B.dtype}")
+    check_same_device(A=A, B=B)
     return A, B
 
 
@@ -840,13 +822,13 @@ def _resolve_probabilities(A: Tensor, B: Tensor, probabilities) -> Tensor:
     if probabilities is None:
         return _optimal_probabilities(A, B)
     n = A.shape[1]
-    p = _check_vector("probabilities", probabilities)
+    p = check_tensor("probabilities", probabilities, 1)
     if p.numel() != n:
         raise ValueError(
             f"probabilities must have one entry per column of A (n = {n}), "
             f"got shape {tuple(p.shape)}"
         )
-    p = p.detach().to(torch.float64)
+    p = p.detach().to(device=A.device, dtype=torch.float64)
     if bool((p < 0).any()) or float(p.sum()) <= 0.0:
         raise ValueError("probabilities must be non-negative with a positive sum")
     p = p / p.sum()
@@ -856,7 +838,7 @@ def _resolve_probabilities(A: Tensor, B: Tensor, probabilities) -> Tensor:
             "probabilities must be positive wherever |A^(k)|·|B_(k)| > 0, otherwise the "
             f"estimator is biased; zero at index {int(missed.nonzero()[0])}"
         )
-    return p.to(A.device)
+    return p
 
 
 def sampling_probabilities(A: Tensor, B: Tensor) -> Tensor:
@@ -877,7 +859,15 @@ def sampling_probabilities(A: Tensor, B: Tensor) -> Tensor:
     Returns
     -------
     Tensor
-        ``p`` (n,), non-negative, summing to 1, in A's dtype.
+        ``p`` (n,), non-negative, summing to 1, in A's dtype (computed in float64), on
+        A's device.
+
+    Examples
+    --------
+    >>> A = torch.tensor([[1.0, 0.0, 3.0]])
+    >>> B = torch.ones(3, 2)
+    >>> sampling_probabilities(A, B)
+    tensor([0.2500, 0.0000, 0.7500])
     """
     A, B = _check_product(A, B)
     return _optimal_probabilities(A, B).to(A.dtype)
@@ -888,7 +878,7 @@ def randomized_matmul(
     B: Tensor,
     samples: int,
     probabilities: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> Tensor:
     """Unbiased sampled estimate of ``A @ B`` from ``samples`` column–row pairs.
 
@@ -898,36 +888,76 @@ def randomized_matmul(
 
     with ``E[C R] = A B``. Pairs drawn several times are gathered once and weighted by
     their count, so the cost is one ``m × u × p`` product for the ``u ≤ c`` distinct
-    indices (the same estimate as the sum above, up to rounding).
+    indices (the same estimate as the sum above, up to rounding). On a GPU the number
+    ``u`` is not known without waiting for the device, so ``min(c, n)`` slots are
+    gathered there, the unused ones with weight 0 (see :func:`_sampled_product`).
 
     Parameters
     ----------
     A:
         Matrix ``m × n``.
     B:
-        Matrix ``n × p``, same dtype as A.
+        Matrix ``n × p``, same dtype and device as A. Half precision (float16, bfloat16)
+        is computed in float32 and returned in A's dtype.
     samples:
         Number of draws ``c ≥ 1``.
     probabilities:
         ``p`` (n,), non-negative weights (normalised here) that are positive wherever
         ``|A^(k)||B_(k)| > 0``. ``None`` uses :func:`sampling_probabilities`.
     generator:
-        Source of the draws; ``None`` uses torch's global generator.
+        Source of the draws: ``None`` (torch's global generator of A's device), an int
+        seed, or a ``torch.Generator`` on A's device type.
 
     Returns
     -------
     Tensor
-        The estimate (m × p), in A's dtype.
+        The estimate (m × p), in A's dtype, on A's device.
+
+    Examples
+    --------
+    With all the weight on one column-row pair every draw picks it, and the estimate is
+    exact:
+
+    >>> A = torch.tensor([[0.0, 2.0], [0.0, 1.0]])
+    >>> B = torch.tensor([[5.0], [3.0]])
+    >>> randomized_matmul(A, B, samples=4, generator=0)
+    tensor([[6.],
+            [3.]])
     """
     A, B = _check_product(A, B)
-    samples = _check_count("samples", samples)
-    _check_generator("generator", generator)
+    samples = check_int("samples", samples)
+    generator = check_generator(generator, A.device)
     p = _resolve_probabilities(A, B, probabilities)
-    return _sampled_product(A, B, samples, p, generator)
+    work = _working_dtype(A)
+    return _sampled_product(A.to(work), B.to(work), samples, p, generator).to(A.dtype)
+
+
+def _draw(p: Tensor, samples: int, generator: torch.Generator | None, sync_free: bool) -> Tensor:
+    """``samples`` i.i.d. indices with ``P(i = k) = p_k``, on p's device.
+
+    ``sync_free=False``: ``torch.multinomial`` (it checks ``p`` on the host). Otherwise
+    inverse-transform sampling, ``i = #{k : F_k ≤ u}`` with ``F`` the cumulative sums of
+    ``p`` and ``u`` uniform on ``[0, F_n)``: the same distribution without a check that
+    makes the host wait for the device. Both give the same stream for the same seed on
+    every run of one device type.
+    """
+    if not sync_free:
+        return torch.multinomial(p, samples, replacement=True, generator=generator)
+    cdf = torch.cumsum(p, 0, dtype=torch.float64)
+    u = torch.rand(samples, generator=generator, dtype=torch.float64, device=p.device)
+    idx = torch.searchsorted(cdf, u * cdf[-1], right=True)
+    return idx.clamp_(max=p.numel() - 1)  # u·F_n rounded up to F_n
 
 
 def _sampled_product(
-    A: Tensor, B: Tensor, samples: int, p: Tensor, generator: torch.Generator | None
+    A: Tensor,
+    B: Tensor,
+    samples: int,
+    p: Tensor,
+    generator: torch.Generator | None,
+    *,
+    sync_free: bool | None = None,
+    poison: Tensor | None = None,
 ) -> Tensor:
     """The estimator of :func:`randomized_matmul` without argument checks.
 
@@ -935,13 +965,45 @@ def _sampled_product(
     times are gathered once and weighted by their count. The randomized layers call it on
     every forward with weights validated at construction: the checks of the public
     function (finiteness, float64 copies) would cost several times the product itself.
+    ``p`` lives on A's device, ``generator`` (or torch's global one) on its device type.
+
+    Two ways to find the distinct indices, chosen by ``sync_free`` (default: True on
+    every device but the CPU):
+
+    * exact size (CPU): ``bincount`` then ``nonzero``; the ``u ≤ c`` distinct indices in
+      increasing order. ``nonzero`` has a data-dependent size, so on a GPU it would make
+      the host wait for the device on every call.
+    * fixed size: counts by ``index_add_``, then the ``min(c, n)`` slots hold the drawn
+      indices in increasing order followed by undrawn ones with weight 0. Every shape is
+      known in advance, so nothing waits for the device; the product is ``min(c, n)``
+      wide instead of ``u``. The estimate is the same up to rounding.
+
+    ``poison``: an optional 0-d tensor; when it is not finite the estimate is NaN (a
+    non-finite input of the layers then gives a non-finite output, as in ``nn.Linear``,
+    without a host-side check).
     """
-    draw_device = generator.device if generator is not None else p.device
-    idx = torch.multinomial(p.to(draw_device), samples, replacement=True, generator=generator)
-    counts = torch.bincount(idx.to(A.device), minlength=A.shape[1])
-    kept = counts.nonzero().squeeze(1)
-    scale = (counts[kept].to(torch.float64) / (samples * p[kept].to(torch.float64))).to(A.dtype)
-    return (A[:, kept] * scale) @ B[kept]
+    n = A.shape[1]
+    if sync_free is None:
+        sync_free = A.device.type != "cpu"
+    idx = _draw(p, samples, generator, sync_free)
+    if not sync_free:
+        counts = torch.bincount(idx, minlength=n)
+        kept = counts.nonzero().squeeze(1)
+        scale = counts[kept].to(torch.float64) / (samples * p[kept].to(torch.float64))
+    else:
+        counts = torch.zeros(n, dtype=torch.long, device=A.device)
+        counts.index_add_(0, idx, torch.ones_like(idx))
+        if samples >= n:
+            kept = torch.arange(n, device=A.device)
+        else:  # drawn indices first (stable: in increasing order), then undrawn ones
+            undrawn = (counts == 0).to(torch.uint8)
+            kept = torch.sort(undrawn, stable=True).indices[:samples]
+        num = counts[kept].to(torch.float64)
+        den = samples * p[kept].to(torch.float64)
+        scale = torch.where((num > 0) & (den > 0), num / den, 0.0)
+    if poison is not None:
+        scale = scale + 0.0 * poison.to(torch.float64)
+    return (A[:, kept] * scale.to(A.dtype)) @ B[kept]
 
 
 def dkm_expected_error(
@@ -965,7 +1027,7 @@ def dkm_expected_error(
         against round-off).
     """
     A, B = _check_product(A, B)
-    samples = _check_count("samples", samples)
+    samples = check_int("samples", samples)
     p = _resolve_probabilities(A, B, probabilities)
     weights = _column_row_norms(A, B).to(p.device)
     used = p > 0
@@ -997,7 +1059,7 @@ def dkm_error_bound(A: Tensor, B: Tensor, samples: int) -> float:
         The bound, computed in float64.
     """
     A, B = _check_product(A, B)
-    samples = _check_count("samples", samples)
+    samples = check_int("samples", samples)
     a = float(torch.linalg.matrix_norm(A.detach().to(torch.float64)) ** 2)
     b = float(torch.linalg.matrix_norm(B.detach().to(torch.float64)) ** 2)
     return a * b / samples
@@ -1009,7 +1071,7 @@ def dkm_error_bound(A: Tensor, B: Tensor, samples: int) -> float:
 
 
 def _check_conv_weight(weight) -> Tensor:
-    weight = _check_tensor("weight", weight)
+    weight = check_tensor("weight", weight)
     if weight.ndim != 4:
         raise ValueError(
             "weight must be a 4-D tensor C_out × C_in × k_h × k_w, "
@@ -1076,9 +1138,10 @@ def conv2d_as_matmul(
     Returns
     -------
     Tensor
-        ``N × C_out × H_out × W_out`` (or ``C_out × H_out × W_out`` for an unbatched x).
+        ``N × C_out × H_out × W_out`` (or ``C_out × H_out × W_out`` for an unbatched x),
+        in x's dtype on x's device (computed in float32 for float16 and bfloat16).
     """
-    if groups != 1 or not _is_int(groups):
+    if groups != 1 or not is_int(groups):
         raise ValueError(
             "groups must be 1: grouped and depthwise convolutions are not supported, "
             f"got {groups!r}"
@@ -1090,11 +1153,11 @@ def conv2d_as_matmul(
             f"x must be a 4-D tensor N × C_in × H × W (or 3-D unbatched), got shape "
             f"{tuple(x.shape)} ({x.ndim}-D)"
         )
-    x = _check_tensor("x", x)
+    x = check_tensor("x", x)
     weight = _check_conv_weight(weight)
-    stride = _check_pair("stride", stride, lower=1)
-    padding = _check_pair("padding", padding, lower=0)
-    dilation = _check_pair("dilation", dilation, lower=1)
+    stride = check_int_pair("stride", stride, lower=1)
+    padding = check_int_pair("padding", padding, lower=0)
+    dilation = check_int_pair("dilation", dilation, lower=1)
     unbatched = x.ndim == 3
     if unbatched:
         x = x.unsqueeze(0)
@@ -1111,12 +1174,14 @@ def conv2d_as_matmul(
         )
     if x.dtype != weight.dtype:
         raise TypeError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    check_same_device(x=x, weight=weight)
     if bias is not None:
-        bias = _check_vector("bias", bias)
+        bias = check_tensor("bias", bias, 1)
         if bias.numel() != c_out:
             raise ValueError(
                 f"bias must have C_out = {c_out} entries, got shape {tuple(bias.shape)}"
             )
+        check_same_device(x=x, bias=bias)
     H, W = x.shape[2], x.shape[3]
     h_out = (H + 2 * padding[0] - dilation[0] * (k_h - 1) - 1) // stride[0] + 1
     w_out = (W + 2 * padding[1] - dilation[1] * (k_w - 1) - 1) // stride[1] + 1
@@ -1126,11 +1191,13 @@ def conv2d_as_matmul(
             f"{dilation[0] * (k_h - 1) + 1}×{dilation[1] * (k_w - 1) + 1}: output would be "
             f"{h_out}×{w_out}"
         )
+    out, work = x.dtype, _working_dtype(x)
+    x, weight = x.to(work), weight.to(work)
     patches = F.unfold(x, (k_h, k_w), dilation=dilation, padding=padding, stride=stride)
     y = weight.reshape(c_out, -1) @ patches  # N × C_out × L
     if bias is not None:
-        y = y + bias[:, None]
-    y = y.reshape(x.shape[0], c_out, h_out, w_out)
+        y = y + bias.to(work)[:, None]
+    y = y.reshape(x.shape[0], c_out, h_out, w_out).to(out)
     return y.squeeze(0) if unbatched else y
 
 
@@ -1170,11 +1237,12 @@ def interpolative_decomposition(H: Tensor, k: int) -> tuple[Tensor, Tensor]:
     indices:
         LongTensor (k,) of selected columns, in pivot order (most important first).
     T:
-        Interpolation matrix ``k × m`` in H's dtype.
+        Interpolation matrix ``k × m`` in H's dtype. Both on H's device; the pivoted QR
+        runs in float64 on the CPU (SciPy) whatever H's device and dtype.
     """
-    H = _check_matrix("H", H)
+    H = check_tensor("H", H, 2)
     N, m = H.shape
-    k = _check_rank("k", k, m)
+    k = check_int("k", k, 1, m)
     H64 = H.detach().to("cpu", torch.float64).numpy()
     _, R, perm = scipy.linalg.qr(H64, mode="economic", pivoting=True)
     diag = np.abs(np.diag(R))
@@ -1207,7 +1275,7 @@ def whitened_low_rank_factors(
     split: str = "balanced",
     compute_dtype: torch.dtype | None = torch.float64,
     method: str = "auto",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = 0,
 ) -> tuple[Tensor, Tensor]:
     """Low-rank factors of ``W`` that minimise the error on the layer's *outputs*.
 
@@ -1245,7 +1313,8 @@ def whitened_low_rank_factors(
     split:
         ``"balanced"``, ``"left"`` or ``"right"``, as in :func:`low_rank_factors`.
     compute_dtype:
-        Dtype of the Cholesky factor and the SVD (default float64); ``None`` uses W's.
+        Dtype of the Cholesky factor and the SVD (default float64); ``None`` uses W's
+        (float32 for a float16 or bfloat16 ``W``). Results come back in W's dtype.
     method:
         How the SVD of ``W S`` is computed, as in :func:`low_rank_factors`: ``"full"``
         (exact), ``"randomized"`` (:func:`randomized_svd` with ``p = rank//4 + 10`` and 4
@@ -1253,50 +1322,51 @@ def whitened_low_rank_factors(
         (randomized only for a ``rank`` small against ``min(m, n) ≥ 256``, where it was
         measured to be faster). ``energy`` always uses the full SVD.
     generator:
-        Source of the randomized path's test matrix; ``None`` uses a fresh generator
-        seeded with 0.
+        Source of the randomized path's test matrix, as in :func:`low_rank_factors`
+        (default: seed 0, reproducible on each device type).
 
     Returns
     -------
     A, B:
-        ``A`` (m×r) and ``B`` (r×n) in W's dtype, ``W ≈ A @ B``.
+        ``A`` (m×r) and ``B`` (r×n) in W's dtype, on W's device, ``W ≈ A @ B``.
     """
-    W = _check_matrix("W", W)
+    W = check_tensor("W", W, 2)
     m, n = W.shape
-    _one_of_rank_energy(rank, energy)
+    check_exactly_one(rank=rank, energy=energy)
     if rank is not None:
-        rank = _check_rank("rank", rank, min(m, n))
+        rank = check_int("rank", rank, 1, min(m, n))
     else:
-        energy = _check_fraction("energy", energy)
-    split = _check_choice("split", split, _SPLITS)
-    method = _check_choice("method", method, ("auto", "full", "randomized"))
+        energy = check_fraction("energy", energy)
+    split = check_choice("split", split, _SPLITS)
+    method = check_choice("method", method, ("auto", "full", "randomized"))
     if rank is None and method == "randomized":
         raise ValueError(
             "method='randomized' needs rank=: energy= needs the whole spectrum, "
             "use method='full' or 'auto'"
         )
-    _check_generator("generator", generator)
-    if not _is_real(eps) or not 0.0 <= float(eps) < math.inf:
-        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
-    dtype = _compute_dtype("compute_dtype", W, compute_dtype)
+    generator = check_generator(generator, W.device)
+    eps = check_real("eps", eps, lower=0.0)
+    dtype = _compute_dtype(W, compute_dtype)
     if (X is None) == (covariance is None):
         raise ValueError("give exactly one of X (N × n calibration inputs) and covariance (n × n)")
     if X is not None:
-        X = _check_matrix("X", X)
+        X = check_tensor("X", X, 2)
         if X.shape[1] != n:
             raise ValueError(
                 f"X must have n = {n} columns (W is {m}×{n}, X holds inputs in rows), "
                 f"got shape {tuple(X.shape)}"
             )
+        check_same_device(W=W, X=X)
         X64 = X.detach().to(dtype)
         C = X64.mT @ X64
     else:
-        C = _check_matrix("covariance", covariance)
+        C = check_tensor("covariance", covariance, 2)
         if C.shape != (n, n):
             raise ValueError(
                 f"covariance must be n × n = {n} × {n} to match W ({m}×{n}), "
                 f"got shape {tuple(C.shape)}"
             )
+        check_same_device(W=W, covariance=C)
         C = C.detach().to(dtype)
         C = (C + C.mT) / 2
     trace = float(torch.diagonal(C).sum())
@@ -1315,8 +1385,6 @@ def whitened_low_rank_factors(
         method == "randomized" or (method == "auto" and _prefer_randomized(m, n, rank))
     )
     if randomized:
-        if generator is None:
-            generator = torch.Generator(device=W.device).manual_seed(0)
         U, sigma, Vh = randomized_svd(WS, rank, _auto_oversample(rank), _AUTO_N_ITER, generator)
     else:
         U, sigma, Vh = _thin_svd(WS)
@@ -1344,7 +1412,9 @@ class Spectrum:
     (``C = XᵀX`` of the layer's inputs) it is the whitened spectrum of
     :func:`whitened_low_rank_factors`: the SVD of ``W S`` with ``S Sᵀ = C + λI``
     (``λ = eps·tr(C)/n``), truncated and mapped back with ``S⁻¹``, so the squared output
-    error of the rank-r factors is ``Σ_{j>r} σ_j(W S)²``.
+    error of the rank-r factors is ``Σ_{j>r} σ_j(W S)²``. Everything stays on W's device;
+    ``compute_dtype=None`` is W's dtype (float32 for float16 and bfloat16), and the factors
+    come back in W's dtype.
 
     Examples
     --------
@@ -1364,17 +1434,10 @@ class Spectrum:
         eps: float = 1e-6,
         compute_dtype: torch.dtype | None = torch.float64,
     ) -> None:
-        from pruning_utils.validation import check_real, check_tensor
-
         W = check_tensor("W", W, ndim=2)
         m, n = W.shape
         eps = check_real("eps", eps, lower=0.0)
-        dtype = W.dtype if compute_dtype is None else compute_dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(
-                f"compute_dtype must be torch.float32, torch.float64 or None (W's dtype, then "
-                f"float32 or float64), got {compute_dtype!r} for W of dtype {W.dtype}"
-            )
+        dtype = _compute_dtype(W, compute_dtype)
         self.shape = (m, n)
         self.dtype = W.dtype
         self.whitening: Tensor | None = None
@@ -1386,6 +1449,7 @@ class Spectrum:
                     f"covariance must be n × n = {n} × {n} to match W ({m}×{n}), "
                     f"got shape {tuple(C.shape)}"
                 )
+            check_same_device(W=W, covariance=C)
             C = C.detach().to(dtype)
             C = (C + C.mT) / 2
             trace = float(torch.diagonal(C).sum())
@@ -1412,8 +1476,6 @@ class Spectrum:
 
     def rank_for(self, energy: float) -> int:
         """The rank that :func:`low_rank_factors` picks for ``energy`` (W's round-off)."""
-        from pruning_utils.validation import check_fraction
-
         energy = check_fraction("energy", energy)
         return rank_for_energy(self.S, energy, rtol=self.S.numel() * torch.finfo(self.dtype).eps)
 
@@ -1421,13 +1483,7 @@ class Spectrum:
         self, rank: int | None = None, energy: float | None = None, *, split: str = "balanced"
     ) -> tuple[Tensor, Tensor]:
         """``A`` (m×r), ``B`` (r×n) in W's dtype; exactly one of ``rank`` and ``energy``."""
-        from pruning_utils.validation import check_choice, check_int
-
-        if (rank is None) == (energy is None):
-            raise ValueError(
-                "give exactly one of rank (an int) and energy (a float in (0, 1]), "
-                f"got rank={rank!r} and energy={energy!r}"
-            )
+        check_exactly_one(rank=rank, energy=energy)
         split = check_choice("split", split, _SPLITS)
         r = (
             check_int("rank", rank, lower=1, upper=self.full_rank)

@@ -34,6 +34,10 @@ __all__ = [
     "check_seed",
     "check_layer_types",
     "check_int_sequence",
+    "check_int_pair",
+    "check_exactly_one",
+    "check_dtype",
+    "check_same_device",
     "check_device",
 ]
 
@@ -244,6 +248,59 @@ def check_int_sequence(name: str, values: object, lower: int = 1) -> tuple[int, 
     return tuple(int(v) for v in out)
 
 
+def check_int_pair(name: str, value: object, lower: int = 1) -> tuple[int, int]:
+    """An int or a pair of ints, each ``>= lower``, returned as a pair (as ``kernel_size``).
+
+    >>> check_int_pair("kernel_size", 3)
+    (3, 3)
+    """
+    allowed = f"an int or a pair of ints >= {lower}"
+    pair = (value, value) if is_int(value) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(is_int(v) for v in pair):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    if min(pair) < lower:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_exactly_one(**arguments: object) -> str:
+    """The name of the one argument that is not ``None`` (ValueError unless exactly one is).
+
+    >>> check_exactly_one(rank=None, energy=0.9)
+    'energy'
+    """
+    given = [name for name, value in arguments.items() if value is not None]
+    if len(given) != 1:
+        names = " and ".join(arguments) if len(arguments) == 2 else ", ".join(arguments)
+        got = " and ".join(f"{name}={value!r}" for name, value in arguments.items())
+        raise ValueError(f"give exactly one of {names}, got {got}")
+    return given[0]
+
+
+def check_dtype(name: str, value: object, allowed: Sequence[torch.dtype]) -> torch.dtype:
+    """One of the dtypes ``allowed`` (TypeError for a non-dtype, ValueError otherwise)."""
+    names = ", ".join(str(d) for d in allowed)
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"{name} must be one of {names}, got {value!r}")
+    if value not in tuple(allowed):
+        raise ValueError(f"{name} must be one of {names}, got {value}")
+    return value
+
+
+def check_same_device(**tensors: Tensor) -> torch.device:
+    """The common device of ``tensors`` (ValueError naming each one's device otherwise).
+
+    >>> check_same_device(A=torch.ones(1), B=torch.ones(1))
+    device(type='cpu')
+    """
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        where = " and ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(
+            f"{' and '.join(devices)} must be on the same device, got {where}; "
+            "move them with .to(device)"
+        )
+    return next(iter(devices.values()))
 def check_device(device: object, name: str = "device") -> torch.device | None:
     """``None``, or a device given as a ``torch.device`` or a string such as ``"cuda:0"``.
 

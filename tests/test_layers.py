@@ -1,8 +1,10 @@
 """Layers built from factors: exactness at full rank, Eckart–Young error below it,
 unbiasedness and reproducibility of the randomized layers, and every bad input."""
 
+import contextlib
 import copy
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning_utils import linalg
 from pruning_utils.layers import (
     LowRankConv2d,
     LowRankLinear,
@@ -280,16 +283,19 @@ def test_randomized_linear_is_unbiased(rule):
 
 
 def test_randomized_linear_probabilities():
+    """The probabilities the draw receives, against numpy's norms (the DKM rules)."""
     dense = _linear(10, 4)
-    layer = RandomizedLinear.from_linear(dense, samples=3, probabilities="weights", generator=0)
-    norms = np.linalg.norm(dense.weight.detach().numpy(), axis=0)
-    p = layer._probabilities(torch.randn(10, 5)).numpy()
-    np.testing.assert_allclose(p, norms / norms.sum(), rtol=1e-5)
-    batch = RandomizedLinear.from_linear(dense, samples=3, probabilities="batch", generator=0)
+    norms = np.linalg.norm(dense.weight.detach().numpy().astype(np.float64), axis=0)
     x = torch.randn(5, 10)
-    p = batch._probabilities(x.T).numpy()
-    w = norms * np.linalg.norm(x.numpy(), axis=0)
-    np.testing.assert_allclose(p, w / w.sum(), rtol=1e-5)
+    for rule, weights in (
+        ("weights", norms),
+        ("batch", norms * np.linalg.norm(x.numpy().astype(np.float64), axis=0)),
+    ):
+        layer = RandomizedLinear.from_linear(dense, samples=3, probabilities=rule, generator=0)
+        with _forced_draws([0, 1, 2]) as seen:
+            layer(x)
+        np.testing.assert_allclose(seen[0].numpy(), weights / weights.sum(), rtol=1e-5)
+        assert seen[0].dtype == torch.float32 and seen[0].device == x.device
 
 
 def test_randomized_linear_reproducible_with_seed():
@@ -385,7 +391,7 @@ def test_randomized_bad_inputs():
         RandomizedLinear.from_linear(_linear(), samples=2.5)
     with pytest.raises(ValueError, match=r"probabilities must be one of \['batch', 'weights'\]"):
         RandomizedLinear.from_linear(_linear(), samples=2, probabilities="optimal")
-    with pytest.raises(TypeError, match="generator must be a torch.Generator, an int seed or None"):
+    with pytest.raises(TypeError, match="generator must be None .*, an int seed or a torch.Gen"):
         RandomizedLinear.from_linear(_linear(), samples=2, generator="seed")
     with pytest.raises(ValueError, match="groups=1"):
         RandomizedConv2d.from_conv2d(nn.Conv2d(4, 4, 3, groups=4), samples=2)
@@ -401,30 +407,210 @@ def test_randomized_bad_inputs():
         RandomizedLinear.from_linear(_linear(), samples=2, generator=0).reseed("x")
 
 
-def test_layer_estimator_matches_linalg_randomized_matmul():
-    """The layers' unchecked hot path draws and weighs exactly like the public function."""
-    from pruning_utils.linalg import _sampled_product, randomized_matmul, sampling_probabilities
+# ---------------------------------------------------------------------------
+# The estimator against exact oracles: every sequence of draws enumerated
+# ---------------------------------------------------------------------------
 
-    A, B = torch.randn(6, 20), torch.randn(20, 4)
-    p = sampling_probabilities(A, B)
-    for samples in (1, 7, 50):
-        ours = _sampled_product(A, B, samples, p, torch.Generator().manual_seed(5))
-        theirs = randomized_matmul(A, B, samples, p, generator=torch.Generator().manual_seed(5))
-        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+@contextlib.contextmanager
+def _forced_draws(indices):
+    """Make every draw of the sampled product return ``indices``; yield the p it was given."""
+    seen = []
+
+    def fake(p, samples, generator, sync_free):
+        assert samples == len(indices)
+        seen.append(p.detach().clone())
+        return torch.tensor(indices, dtype=torch.long, device=p.device)
+
+    original = linalg._draw
+    linalg._draw = fake
+    try:
+        yield seen
+    finally:
+        linalg._draw = original
+
+
+def _expectation(layer_call, p_of_call, n, c):
+    """``Σ_seq P(seq) · estimate(seq)`` over all ``n**c`` sequences of draws (float64)."""
+    total = None
+    for seq in itertools.product(range(n), repeat=c):
+        with _forced_draws(list(seq)) as seen:
+            estimate = layer_call().double()
+        p = p_of_call(seen[0]).double()
+        weight = float(torch.prod(p[list(seq)]))
+        total = weight * estimate if total is None else total + weight * estimate
+    return total
+
+
+def test_scaling_by_hand():
+    """(1/c) Σ_t A^(i_t) B_(i_t) / p_(i_t) on a 1×3 by 3×1 product, computed by hand."""
+    A = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    B = torch.tensor([[1.0], [10.0], [100.0]], dtype=torch.float64)
+    p = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    cases = {
+        (0, 2): 0.5 * (1 * 1 / 0.5 + 3 * 100 / 0.25),  # 601
+        (2, 2): 0.5 * (2 * 3 * 100 / 0.25),  # drawn twice: gathered once, counted twice
+        (1, 0): 0.5 * (2 * 10 / 0.25 + 1 * 1 / 0.5),  # 41
+    }
+    for sync_free in (False, True):
+        for seq, expected in cases.items():
+            with _forced_draws(list(seq)):
+                got = linalg._sampled_product(A, B, 2, p, None, sync_free=sync_free)
+            assert got.shape == (1, 1) and float(got) == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+@pytest.mark.parametrize("c", [1, 2, 4])
+def test_sampled_product_is_exactly_unbiased(sync_free, c):
+    """E[estimate] over all n^c draw sequences equals A @ B (numpy), to float64 rounding."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    B = torch.randn(4, 2, dtype=torch.float64, generator=g)
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    mean = _expectation(
+        lambda: linalg._sampled_product(A, B, c, p, None, sync_free=sync_free),
+        lambda seen: seen,
+        4,
+        c,
+    )
+    np.testing.assert_allclose(mean.numpy(), A.numpy() @ B.numpy(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("rule", ["weights", "batch"])
-def test_layer_probabilities_match_the_optimal_rule(rule):
-    """The layers' unchecked probabilities equal linalg.sampling_probabilities."""
-    from pruning_utils.linalg import sampling_probabilities
+def test_randomized_linear_is_exactly_unbiased(rule):
+    """The layer's expectation over every draw sequence is nn.Linear's output."""
+    dense = _linear(3, 2)
+    layer = RandomizedLinear.from_linear(dense, samples=2, probabilities=rule, generator=0)
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        mean = _expectation(lambda: layer(x), lambda seen: seen, 3, 2)
+        expected = x.double().numpy() @ dense.weight.double().numpy().T
+        expected += dense.bias.double().numpy()
+    np.testing.assert_allclose(mean.numpy(), expected, rtol=1e-5, atol=1e-6)
 
-    torch.manual_seed(0)
-    dense = nn.Linear(12, 5)
-    layer = RandomizedLinear.from_linear(dense, samples=4, probabilities=rule)
-    X = torch.randn(7, 12)
-    norms = dense.weight.detach().norm(dim=0).unsqueeze(1)  # 12 × 1
-    if rule == "weights":
-        expected = sampling_probabilities(torch.ones(1, 12), norms)
-    else:
-        expected = sampling_probabilities(norms.T, X.T)
-    torch.testing.assert_close(layer._probabilities(X.T), expected)
+
+@pytest.mark.parametrize("rule", ["weights", "batch"])
+def test_randomized_conv_is_exactly_unbiased(rule):
+    """The same for the sampled convolution, against F.conv2d (3 kernel taps, c = 2)."""
+    conv = _conv(3, 2, (1, 1), padding=0)
+    layer = RandomizedConv2d.from_conv2d(conv, samples=2, probabilities=rule, generator=0)
+    x = torch.randn(2, 3, 4, 5)
+    with torch.no_grad():
+        mean = _expectation(lambda: layer(x), lambda seen: seen, 3, 2)
+        expected = F.conv2d(x.double(), conv.weight.double(), conv.bias.double())
+    np.testing.assert_allclose(mean.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_draws_follow_the_probabilities(sync_free):
+    """Frequencies of 200,000 draws (fixed seed) within 5 standard errors of p."""
+    p = torch.tensor([0.5, 0.0, 0.2, 0.25, 0.05])
+    idx = linalg._draw(p, 200_000, torch.Generator().manual_seed(0), sync_free)
+    freq = torch.bincount(idx, minlength=5).double() / idx.numel()
+    se = (p.double() * (1 - p.double()) / idx.numel()).sqrt()
+    assert bool(((freq - p.double()).abs() <= 5 * se + 1e-12).all())
+    assert int((idx == 1).sum()) == 0  # a zero probability is never drawn
+
+
+@pytest.mark.parametrize("samples", [3, 6, 40])
+def test_both_ways_of_gathering_agree(samples):
+    """Exact-size (CPU) and fixed-size (GPU) gathering: same estimate for the same draws."""
+    g = torch.Generator().manual_seed(1)
+    A, B = torch.randn(5, 6, generator=g), torch.randn(6, 4, generator=g)
+    p = torch.rand(6, generator=g) + 0.1
+    p = p / p.sum()
+    draws = torch.multinomial(p, samples, replacement=True, generator=g).tolist()
+    with _forced_draws(draws):
+        exact = linalg._sampled_product(A, B, samples, p, None, sync_free=False)
+        fixed = linalg._sampled_product(A, B, samples, p, None, sync_free=True)
+    torch.testing.assert_close(fixed, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_sync_free_path_reads_nothing_back():
+    """The GPU path of a forward runs no op whose result size or value the host must read."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    host_reads = {"nonzero", "_local_scalar_dense", "item", "is_nonzero", "bincount", "unique"}
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names, self.big_float64 = [], []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.names.append(func.overloadpacket.__name__)
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            for t in outs:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.numel() >= 64:
+                    self.big_float64.append(func.overloadpacket.__name__)
+            return out
+
+    layer = RandomizedLinear.from_linear(_linear(16, 5), samples=4, probabilities="batch")
+    x = torch.randn(8, 16)  # 128 entries: a float64 copy of it would be noticed
+    with torch.no_grad(), Ops() as ops:
+        p, total = layer._probabilities(x, dim=0)
+        linalg._sampled_product(x, layer.weight.T, 4, p, None, sync_free=True, poison=total)
+    assert not host_reads & set(ops.names), sorted(host_reads & set(ops.names))
+    assert not ops.big_float64, ops.big_float64
+    assert "multinomial" not in ops.names
+
+
+def test_randomized_linear_keeps_the_sampled_operand_contiguous():
+    """Wᵀ is stored contiguously (sampled rows are contiguous reads), also after loading."""
+    layer = RandomizedLinear.from_linear(_linear(12, 9), samples=4, generator=0)
+    assert layer.weight.shape == (9, 12) and layer.weight.T.is_contiguous()
+    torch.testing.assert_close(layer.weight, _linear(12, 9).weight, rtol=0, atol=0)
+    fresh = RandomizedLinear(12, 9, samples=4, seed=0)
+    fresh.load_state_dict(layer.state_dict(), assign=True)
+    assert fresh.weight.T.is_contiguous()
+    torch.testing.assert_close(fresh.weight, layer.weight, rtol=0, atol=0)
+    assert fresh.seed == 0 and fresh.weight_probabilities.shape == (12,)
+    x = torch.randn(3, 12)
+    fresh.reseed(5)
+    layer.reseed(5)
+    torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rule", ["weights", "batch"])
+def test_randomized_layers_accept_an_empty_batch(rule):
+    layer = RandomizedLinear.from_linear(_linear(12, 9), samples=4, probabilities=rule)
+    assert layer(torch.randn(0, 12)).shape == nn.Linear(12, 9)(torch.randn(0, 12)).shape
+    assert layer(torch.randn(2, 0, 12)).shape == (2, 0, 9)
+    conv = RandomizedConv2d.from_conv2d(_conv(3, 5, 3), samples=4, probabilities=rule)
+    assert conv(torch.randn(0, 3, 7, 7)).shape == _conv(3, 5, 3)(torch.randn(0, 3, 7, 7)).shape
+
+
+@pytest.mark.parametrize("rule", ["weights", "batch"])
+def test_randomized_layer_input_errors_name_the_input(rule):
+    layer = RandomizedLinear.from_linear(_linear(12, 9), samples=4, probabilities=rule)
+    for bad in (torch.randn(4, 6), torch.randn(4, 24), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"^input must have in_features=12") as info:
+            layer(bad)
+        assert " B " not in str(info.value) and "A " not in str(info.value)
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        layer([1.0] * 12)
+    conv = RandomizedConv2d.from_conv2d(_conv(3, 5, 3), samples=4, probabilities=rule)
+    with pytest.raises(ValueError, match=r"input must be \(N, C, H, W\).*in_channels = 3"):
+        conv(torch.randn(2, 4, 7, 7))
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        conv(torch.randn(2, 3, 2, 2))
+
+
+def test_randomized_layer_input_on_another_device():
+    """Inputs must be on the layer's device (checked on the host, before any work)."""
+    layer = RandomizedLinear(12, 9, samples=4, seed=0, device="meta")
+    with pytest.raises(ValueError, match="input is on cpu but the layer's weights are on meta"):
+        layer(torch.randn(3, 12))
+    assert layer(torch.randn(3, 12, device="meta")).shape == (3, 9)  # shapes only
+
+
+def test_randomized_batch_rule_propagates_non_finite_inputs():
+    """A NaN in the batch gives a NaN output (as nn.Linear would), not an exception."""
+    layer = RandomizedLinear.from_linear(_linear(12, 9), samples=4, probabilities="batch")
+    x = torch.randn(3, 12)
+    x[1, 3] = float("nan")
+    with torch.no_grad():
+        assert bool(torch.isnan(layer(x)).all())
+        x[1, 3] = float("inf")
+        assert not bool(torch.isfinite(layer(x)).any())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_utils.bench import (
+from pruning_utils.measure import (
     LatencyResult,
     break_even_report,
     compare_latency,
@@ -145,7 +145,8 @@ def test_break_even_report_with_stand_in_factor():
 
 
 def test_break_even_report_on_surgery_low_rank():
-    surgery = pytest.importorskip("pruning_utils.surgery")
+    from pruning_utils import surgery
+
     torch.manual_seed(0)
     dense = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),
@@ -219,3 +220,99 @@ def test_latency_defaults_come_from_config(monkeypatch):
     monkeypatch.setenv("PRUNING_BOOK_SMOKE", "1")
     result = measure_latency(nn.Linear(4, 4), torch.zeros(1, 4))
     assert result.number_of_runs >= 1 and math.isfinite(result.median)
+
+
+# ---------------------------------------------------------------------------
+# devices: inputs follow the model, results say what was timed
+# ---------------------------------------------------------------------------
+
+
+class Probe(nn.Module):
+    """Records the device, dtype and identity of each input it receives."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((x.device, x.dtype, id(x)))
+        return x * self.scale
+
+
+def test_inputs_are_moved_to_the_model_dtype_and_kept_when_already_there():
+    probe = Probe().double()
+    x = torch.randn(3, 4)  # float32 input, float64 model
+    assert count_flops(probe, x) == 0
+    result = measure_latency(probe, x, min_run_time=FAST, warmup=1)
+    assert {(d.type, t) for d, t, _ in probe.seen} == {("cpu", torch.float64)}
+    assert result.device == "cpu" and result.device_name and result.num_threads >= 1
+    same = Probe()
+    y = torch.randn(3, 4)
+    measure_latency(same, y, min_run_time=FAST, warmup=1)
+    assert {i for _, _, i in same.seen} == {id(y)}  # no copy when nothing must move
+
+
+def test_count_flops_on_the_meta_device():
+    """A model on the meta device is counted from shapes alone, with a CPU input."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)
+    )
+    x = torch.randn(2, 3, 6, 6)
+    expected = count_flops(model, x)
+    assert expected == 2 * 2 * (8 * 36 * 27 + 8 * 36 * 10)
+    assert count_flops(model.to("meta"), x) == expected
+
+
+def test_timing_refuses_the_meta_device():
+    model = nn.Linear(4, 4, device="meta")
+    with pytest.raises(ValueError, match="model is on the meta device.*nothing to time"):
+        measure_latency(model, torch.zeros(1, 4), min_run_time=FAST)
+    with pytest.raises(ValueError, match=r"models\['m'\] is on the meta device"):
+        compare_latency({"m": model}, torch.zeros(1, 4), min_run_time=FAST)
+
+
+def test_compare_latency_records_the_device():
+    table = compare_latency(
+        {"a": nn.Linear(8, 8), "b": nn.Linear(8, 2)},
+        torch.randn(2, 8),
+        rounds=1,
+        min_run_time=FAST,
+        num_threads=1,
+    )
+    assert list(table["device"]) == ["cpu", "cpu"] and (table["num_threads"] == 1).all()
+    assert str(table["num_threads"].dtype) == "Int64"
+    assert table["device_name"].map(bool).all()
+
+
+def test_break_even_report_identifies_layers_by_class_not_name():
+    """The spatial r* is used for the library's SpatialLowRankConv2d (and subclasses) only."""
+    from pruning_utils.layers import SpatialLowRankConv2d as Spatial
+
+    class SpatialLowRankConv2d(nn.Module):  # same name, another class: channel split
+        def __init__(self, conv, rank):
+            super().__init__()
+            self.first = nn.Conv2d(conv.in_channels, rank, conv.kernel_size, padding=1)
+            self.second = nn.Conv2d(rank, conv.out_channels, 1)
+            self.rank = rank
+
+        def forward(self, x):
+            return self.second(self.first(x))
+
+    class Renamed(Spatial):
+        pass
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1))
+    x = torch.randn(1, 4, 5, 5)
+    r_channel = 9 * 4 * 6 / (9 * 4 + 6)
+    r_spatial = 9 * 4 * 6 / (3 * 4 + 3 * 6)
+    lookalike = nn.Sequential(SpatialLowRankConv2d(dense[0], 2))
+    real = nn.Sequential(Renamed.from_conv2d(dense[0], rank=2))
+    rows = {
+        "lookalike": break_even_report(dense, lookalike, x, rounds=1, min_run_time=FAST),
+        "real": break_even_report(dense, real, x, rounds=1, min_run_time=FAST),
+    }
+    assert rows["lookalike"].iloc[0]["break_even_rank"] == pytest.approx(r_channel)
+    assert rows["real"].iloc[0]["break_even_rank"] == pytest.approx(r_spatial)
+    assert rows["real"].iloc[0]["type"] == "Renamed" and rows["real"].iloc[0]["device"] == "cpu"
