@@ -1,20 +1,14 @@
 """pruning_utils: shrink trained networks with matrix methods, and measure the result.
 
 The library behind the book *Pruning Neural Networks with Matrix Methods*.
-Dependencies point one way: ``linalg`` (pure functions on tensors) <- ``layers``
-(modules built from factors) <- ``surgery`` (model -> new model) <- the experiment
-harness (``data``, ``models``, ``train``, ``bench``, ``plots``, ``config``).
+Dependencies point one way: ``validation`` and ``nnutils`` (argument checks, module-tree
+helpers) <- ``linalg`` (pure functions on tensors) <- ``layers`` (modules built from
+factors) <- ``surgery`` (model -> new model) <- ``methods`` (the method registry) <- the
+experiment harness (``measure``, ``sweeps``, ``headline``, ``plots``, with ``data``,
+``models``, ``train``, ``config``).
 """
 
 
-from pruning_utils.measure import (
-    LatencyResult,
-    break_even_report,
-    compare_latency,
-    count_flops,
-    count_params,
-    measure_latency,
-)
 from pruning_utils.config import (
     RunConfig,
     data_root,
@@ -53,8 +47,17 @@ from pruning_utils.linalg import (
     randomized_svd,
     rank_for_energy,
     sampling_probabilities,
+    spatial_break_even_rank,
     truncated_svd,
     whitened_low_rank_factors,
+)
+from pruning_utils.measure import (
+    LatencyResult,
+    break_even_report,
+    compare_latency,
+    count_flops,
+    count_params,
+    measure_latency,
 )
 from pruning_utils.methods import (
     METHODS,

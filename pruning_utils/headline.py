@@ -16,7 +16,7 @@ the accuracies reported are measured on the other half (the *report* half) and o
 test set, so that picking a setting does not flatter it. For the chosen setting the table
 gives parameter and FLOP ratios and the latency speedup at batch 1 and 256, with the dense
 and the pruned model timed interleaved in the same run
-(:func:`~pruning_utils.bench.compare_latency`).
+(:func:`~pruning_utils.measure.compare_latency`).
 It ends with one 2048×8192 layer factorized at rank 128, timed against the dense layer.
 
 The table is printed and written as ``headline.csv`` and ``headline.json`` (with the run's
@@ -47,10 +47,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pruning_utils.bench import compare_latency, count_flops, count_params
 from pruning_utils.config import SMOKE_ENV, data_root, get_config, seed_everything
 from pruning_utils.data import load_dataset, train_val_split
 from pruning_utils.layers import LowRankLinear
+from pruning_utils.measure import compare_latency, count_flops, count_params
 from pruning_utils.methods import Method, get_method, methods_for
 from pruning_utils.train import evaluate, fine_tune, trained_model
 

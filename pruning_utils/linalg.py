@@ -547,21 +547,13 @@ def low_rank_factors(
                 "use method='full' or 'auto'"
             )
     generator = check_generator(generator, W.device)
-    dtype = _compute_dtype(W, compute_dtype)
-    Wc = W.detach().to(dtype)
-
     randomized = rank is not None and (
         method == "randomized" or (method == "auto" and _prefer_randomized(m, n, rank))
     )
-    if randomized:
-        U, S, Vh = randomized_svd(Wc, rank, _auto_oversample(rank), _AUTO_N_ITER, generator)
-    else:
-        U, S, Vh = _thin_svd(Wc)
-        if rank is None:
-            rank = rank_for_energy(S, energy, rtol=S.numel() * torch.finfo(W.dtype).eps)
-        U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
-    A, B = _split_factors(U, S, Vh, split)
-    return A.to(W.dtype).contiguous(), B.to(W.dtype).contiguous()
+    spectrum = Spectrum(
+        W, compute_dtype=compute_dtype, rank=rank if randomized else None, generator=generator
+    )
+    return spectrum.factors(rank=rank, energy=energy, split=split)
 
 
 # ---------------------------------------------------------------------------
@@ -1345,8 +1337,6 @@ def whitened_low_rank_factors(
             "use method='full' or 'auto'"
         )
     generator = check_generator(generator, W.device)
-    eps = check_real("eps", eps, lower=0.0)
-    dtype = _compute_dtype(W, compute_dtype)
     if (X is None) == (covariance is None):
         raise ValueError("give exactly one of X (N × n calibration inputs) and covariance (n × n)")
     if X is not None:
@@ -1357,44 +1347,16 @@ def whitened_low_rank_factors(
                 f"got shape {tuple(X.shape)}"
             )
         check_same_device(W=W, X=X)
-        X64 = X.detach().to(dtype)
-        C = X64.mT @ X64
-    else:
-        C = check_tensor("covariance", covariance, 2)
-        if C.shape != (n, n):
-            raise ValueError(
-                f"covariance must be n × n = {n} × {n} to match W ({m}×{n}), "
-                f"got shape {tuple(C.shape)}"
-            )
-        check_same_device(W=W, covariance=C)
-        C = C.detach().to(dtype)
-        C = (C + C.mT) / 2
-    trace = float(torch.diagonal(C).sum())
-    if trace <= 0.0:
-        raise ValueError("the calibration covariance is zero (or not positive semi-definite)")
-    ridge = float(eps) * trace / n
-    C = C + ridge * torch.eye(n, dtype=dtype, device=C.device)
-    S, info = torch.linalg.cholesky_ex(C)
-    if int(info) != 0:
-        raise ValueError(
-            f"covariance + eps·tr(C)/n·I is not positive definite with eps={eps}; "
-            "use eps > 0 for rank-deficient calibration data"
-        )
-    WS = W.detach().to(dtype) @ S  # m × n
+        X64 = X.detach().to(_compute_dtype(W, compute_dtype))
+        covariance = X64.mT @ X64
     randomized = rank is not None and (
         method == "randomized" or (method == "auto" and _prefer_randomized(m, n, rank))
     )
-    if randomized:
-        U, sigma, Vh = randomized_svd(WS, rank, _auto_oversample(rank), _AUTO_N_ITER, generator)
-    else:
-        U, sigma, Vh = _thin_svd(WS)
-    if rank is None:
-        rank = rank_for_energy(sigma, energy, rtol=sigma.numel() * torch.finfo(W.dtype).eps)
-    U, sigma, Vh = U[:, :rank], sigma[:rank], Vh[:rank]
-    # V_rᵀ S⁻¹: solve Z S = V_rᵀ with S lower triangular
-    Z = torch.linalg.solve_triangular(S, Vh, upper=False, left=False)
-    A, B = _split_factors(U, sigma, Z, split)
-    return A.to(W.dtype).contiguous(), B.to(W.dtype).contiguous()
+    spectrum = Spectrum(
+        W, covariance=covariance, eps=eps, compute_dtype=compute_dtype,
+        rank=rank if randomized else None, generator=generator,
+    )
+    return spectrum.factors(rank=rank, energy=energy, split=split)
 
 
 # ---------------------------------------------------------------------------
@@ -1433,6 +1395,8 @@ class Spectrum:
         covariance: Tensor | None = None,
         eps: float = 1e-6,
         compute_dtype: torch.dtype | None = torch.float64,
+        rank: int | None = None,
+        generator: torch.Generator | int | None = 0,
     ) -> None:
         W = check_tensor("W", W, ndim=2)
         m, n = W.shape
@@ -1467,7 +1431,15 @@ class Spectrum:
                 )
             self.whitening = S
             M = M @ S
-        self.U, self.S, self.Vh = _thin_svd(M)
+        if rank is None:
+            self.U, self.S, self.Vh = _thin_svd(M)
+        else:  # only the leading ``rank`` triplets, by the randomized SVD
+            rank = check_int("rank", rank, 1, min(m, n))
+            generator = check_generator(generator, W.device)
+            self.U, self.S, self.Vh = randomized_svd(
+                M, rank, _auto_oversample(rank), _AUTO_N_ITER, generator
+            )
+        self.partial = rank is not None
 
     @property
     def full_rank(self) -> int:
@@ -1477,6 +1449,11 @@ class Spectrum:
     def rank_for(self, energy: float) -> int:
         """The rank that :func:`low_rank_factors` picks for ``energy`` (W's round-off)."""
         energy = check_fraction("energy", energy)
+        if self.partial:
+            raise ValueError(
+                "energy= needs the whole spectrum, and this Spectrum holds only the leading "
+                f"{self.S.numel()} triplets (it was built with rank=)"
+            )
         return rank_for_energy(self.S, energy, rtol=self.S.numel() * torch.finfo(self.dtype).eps)
 
     def factors(
@@ -1485,8 +1462,9 @@ class Spectrum:
         """``A`` (m×r), ``B`` (r×n) in W's dtype; exactly one of ``rank`` and ``energy``."""
         check_exactly_one(rank=rank, energy=energy)
         split = check_choice("split", split, _SPLITS)
+        upper = self.S.numel() if self.partial else self.full_rank
         r = (
-            check_int("rank", rank, lower=1, upper=self.full_rank)
+            check_int("rank", rank, lower=1, upper=upper)
             if rank is not None
             else self.rank_for(energy)
         )

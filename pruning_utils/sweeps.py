@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from pruning_utils.bench import compare_latency, count_flops, count_params
 from pruning_utils.config import get_config
+from pruning_utils.measure import compare_latency, count_flops, count_params
 from pruning_utils.methods import Method, get_method
 from pruning_utils.nnutils import model_device, seeded
 from pruning_utils.train import evaluate, fine_tune
@@ -106,7 +106,7 @@ def sweep(
     optionally fine-tuned, and measured: test accuracy (:func:`~pruning_utils.train.evaluate`),
     parameters (stored and nonzero), FLOPs per image, and for every batch size ``B`` the
     median latency and the speedup ``t_dense / t_pruned`` of an interleaved timing of the
-    dense and the pruned model (:func:`~pruning_utils.bench.compare_latency`). The dense
+    dense and the pruned model (:func:`~pruning_utils.measure.compare_latency`). The dense
     model is the first row (``method="dense"``). ``model`` is never modified.
 
     Deterministic methods are run once per value (their ``seed`` is NaN). Randomized ones
@@ -156,7 +156,7 @@ def sweep(
         which has the same architecture). Magnitude-pruned weights are not masked during
         fine-tuning, so zeros may grow back (see ``nonzero_params``).
     rounds, min_run_time, num_threads:
-        Timing settings for :func:`~pruning_utils.bench.compare_latency`.
+        Timing settings for :func:`~pruning_utils.measure.compare_latency`.
     include_dense:
         Add the dense model's row first.
     progress:

@@ -9,6 +9,10 @@ MODULES_WITH_EXAMPLES = [
     "pruning_utils.validation",
     "pruning_utils.nnutils",
     "pruning_utils.linalg",
+    "pruning_utils.layers",
+    "pruning_utils.measure",
+    "pruning_utils.files",
+    "pruning_utils.surgery.io",
     "pruning_utils.surgery.factorize",
     "pruning_utils.surgery.baselines",
 ]

@@ -32,6 +32,7 @@ from pruning_utils.surgery.tree import (
 from pruning_utils.validation import (
     check_bool,
     check_choice,
+    check_exactly_one,
     check_fraction,
     check_generator,
     check_int,
@@ -55,6 +56,13 @@ def _check_rank_arg(rank: object) -> int | dict[str, int] | None:
             check_int(f"rank[{name!r}]", value)
         return {name: int(value) for name, value in rank.items()}
     return check_int("rank", rank)
+
+
+def _check_setting(rank: object, energy: object) -> tuple[int | dict | None, float | None]:
+    """Exactly one of ``rank`` (an int or ``{layer: int}``) and ``energy`` (in (0, 1])."""
+    check_exactly_one(rank=rank, energy=energy)
+    rank = _check_rank_arg(rank)
+    return rank, None if energy is None else check_fraction("energy", energy)
 
 
 class LowRankFit:
@@ -158,14 +166,7 @@ class LowRankFit:
         inplace: bool = False,
     ) -> nn.Module:
         """The factorized model at one setting (see :func:`low_rank` for the arguments)."""
-        if (rank is None) == (energy is None):
-            raise ValueError(
-                "give exactly one of rank (an int) and energy (a float in (0, 1]), "
-                f"got rank={rank!r} and energy={energy!r}"
-            )
-        rank = _check_rank_arg(rank)
-        if energy is not None:
-            energy = check_fraction("energy", energy)
+        rank, energy = _check_setting(rank, energy)
         check_bool("skip_unprofitable", skip_unprofitable)
         layers = self.layers
         if isinstance(rank, dict):
@@ -350,14 +351,7 @@ def low_rank(
     ('LowRankLinear', True)
     """
     check_model(model)
-    if (rank is None) == (energy is None):
-        raise ValueError(
-            "give exactly one of rank (an int) and energy (a float in (0, 1]), "
-            f"got rank={rank!r} and energy={energy!r}"
-        )
-    rank = _check_rank_arg(rank)
-    if energy is not None:
-        energy = check_fraction("energy", energy)
+    _check_setting(rank, energy)  # before the (possibly long) capture of calibration data
     check_bool("skip_unprofitable", skip_unprofitable)
     check_bool("inplace", inplace)
     fit = LowRankFit(

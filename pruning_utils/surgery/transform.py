@@ -33,7 +33,12 @@ from pruning_utils.layers import (
     SpatialLowRankConv2d,
     spatial_weight_matrix,
 )
-from pruning_utils.linalg import break_even_rank, conv_break_even_rank, conv_weight_matrix
+from pruning_utils.linalg import (
+    break_even_rank,
+    conv_break_even_rank,
+    conv_weight_matrix,
+    spatial_break_even_rank,
+)
 from pruning_utils.nnutils import model_device
 from pruning_utils.surgery.report import PruningReport, count
 from pruning_utils.surgery.tree import check_not_shared
@@ -81,9 +86,7 @@ def _conv_break_even(conv: nn.Conv2d) -> float:
 
 
 def _spatial_break_even(conv: nn.Conv2d) -> float:
-    """``r*`` of the spatial split: ``f c k_h k_w / (c k_h + f k_w)``."""
-    f, c, kh, kw = conv.weight.shape
-    return f * c * kh * kw / (c * kh + f * kw)
+    return spatial_break_even_rank(conv.in_channels, conv.out_channels, conv.kernel_size)
 
 
 _LINEAR = LayerKind(
