@@ -51,8 +51,8 @@ __all__ = [
 
 #: ``apply(model, value, *, data, generator) -> new model``.
 Apply = Callable[..., nn.Module]
-#: ``fit(model, data) -> prune`` with ``prune(value, generator) -> new model``.
-Fit = Callable[[nn.Module, Any], Callable[[Any, Any], nn.Module]]
+#: ``fit(model, data, **options) -> prune`` with ``prune(value, generator) -> new model``.
+Fit = Callable[..., Callable[[Any, Any], nn.Module]]
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Method:
         Kinds of network the method applies to: ``"mlp"`` (chains of Linear layers),
         ``"cnn"`` (convolutional networks).
     fit:
-        Optional ``fit(model, data) -> prune(value, generator)``: the expensive part
+        Optional ``fit(model, data, **options) -> prune(value, generator)``: the expensive part
         (decompositions, activation capture) done once per model and data, every setting
         then a cheap truncation with results identical to ``apply``. Without it, every
         setting calls ``apply``.
@@ -144,13 +144,12 @@ class Method:
     def fitted(self, model: nn.Module, *, data: Any = None, **options) -> Callable[..., nn.Module]:
         """``prune(value, generator=None)`` for one model and data, decomposing once.
 
-        With ``fit`` (and no ``options``) the decompositions are computed on the first
-        setting that needs them and truncated for every other; otherwise every setting
-        calls ``apply``.
+        With ``fit`` the decompositions are computed on the first setting that needs them
+        and truncated for every other; otherwise every setting calls ``apply``.
         """
         self._check_call(data, options)
-        if self.fit is not None and not options:
-            fitted = self.fit(model, data)
+        if self.fit is not None:
+            fitted = self.fit(model, data, **options)
             return lambda value, generator=None: fitted(value, generator)
         return lambda value, generator=None: self.apply(
             model, value, data=data, generator=generator, **options
@@ -250,10 +249,11 @@ def most_compressed_within(
 # ----------------------------------------------------------------------------- built-in methods
 
 
-def _low_rank_fit(*, data_aware: bool = False, **options) -> Fit:
-    def fit(model: nn.Module, data: Any):
-        fitted = LowRankFit(model, data=data if data_aware else None, **options)
-        return lambda value, generator: fitted.prune(energy=value)
+def _low_rank_fit(*, data_aware: bool = False, knob: str = "energy", **fixed) -> Fit:
+    def fit(model: nn.Module, data: Any, **options):
+        per_setting = {k: options.pop(k) for k in ("skip_unprofitable",) if k in options}
+        fitted = LowRankFit(model, data=data if data_aware else None, **fixed, **options)
+        return lambda value, generator: fitted.prune(**{knob: value}, **per_setting)
 
     return fit
 
@@ -290,6 +290,7 @@ for _method in (
         "low_rank_rank", "low rank (rank)", "rank",
         lambda m, v, *, data=None, generator=None, **kw: low_rank(m, rank=v, **kw),
         keeps="rank r of every factorized layer", color="#0072B2",
+        fit=_low_rank_fit(knob="rank"),
     ),
     Method(
         "low_rank_energy", "low rank", "energy", _low_rank_energy(),
@@ -332,6 +333,13 @@ for _method in (
         "low_rank_spatial", "low rank (spatial)", "energy", _low_rank_energy(scheme="spatial"),
         keeps=_ENERGY + " (spatial split of convolutions)", grid=_ENERGIES, color="#3D6FA8",
         networks=("cnn",), fit=_low_rank_fit(scheme="spatial"),
+    ),
+    Method(
+        "low_rank_rank_data", "low rank (rank), data-aware", "rank",
+        lambda m, v, *, data=None, generator=None, **kw: low_rank(m, rank=v, data=data, **kw),
+        keeps="rank r of every factorized layer, whitened by the calibration inputs",
+        needs_data=True, color="#7570B3", networks=("mlp",),
+        fit=_low_rank_fit(data_aware=True, knob="rank"),
     ),
     Method(
         "low_rank_data", "low rank, data-aware", "energy",

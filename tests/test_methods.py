@@ -100,17 +100,30 @@ def test_needs_data_is_enforced():
         METHODS["low_rank_energy"].prune(_mlp(), 0.9, inplace=True)
 
 
-@pytest.mark.parametrize("name", ["low_rank_energy", "low_rank_data"])
-def test_fitted_sweep_equals_pruning_from_scratch(name):
+@pytest.mark.parametrize(
+    ("name", "settings", "options"),
+    [
+        ("low_rank_energy", (0.3, 0.6, 0.9, 0.99), {}),
+        ("low_rank_data", (0.3, 0.6, 0.9, 0.99), {}),
+        ("low_rank_rank", (2, 40, 150), {"skip_unprofitable": False}),  # 2: randomized SVD
+        ("low_rank_rank_data", (2, 40, 150), {}),
+        ("low_rank_spatial", (0.5, 0.9), {}),
+    ],
+)
+def test_fitted_sweep_equals_pruning_from_scratch(name, settings, options):
     """Decompose once, truncate many: every setting equals the transform run afresh."""
-    model = _mlp(widths=(12, 300, 280, 3))
-    calibration = _data(256)[0]
+    if name == "low_rank_spatial":
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.Flatten())
+        calibration, x = torch.randn(8, 3, 9, 9), torch.randn(2, 3, 9, 9)
+    else:
+        model = _mlp(widths=(12, 300, 280, 3))
+        calibration, x = _data(256)[0], _data(16, seed=5)[0]
     method = METHODS[name]
-    fitted = method.fitted(model, data=calibration)
-    x = _data(16, seed=5)[0]
-    for energy in (0.3, 0.6, 0.9, 0.99):
-        once = fitted(energy)
-        scratch = method.prune(model, energy, data=calibration)
+    fitted = method.fitted(model, data=calibration, **options)
+    for value in settings:
+        once = fitted(value)
+        scratch = method.prune(model, value, data=calibration, **options)
         assert once.pruning_report.to_dict() == scratch.pruning_report.to_dict()
         for a, b in zip(once.state_dict().values(), scratch.state_dict().values(), strict=True):
             assert torch.equal(a, b)
