@@ -55,7 +55,7 @@ from pruning_utils.methods import Method, get_method, methods_for
 from pruning_utils.train import evaluate, fine_tune, trained_model
 
 __all__ = [
-    "Choice", "benchmark_methods", "find_setting", "timing_inputs", "time_speedups",
+    "Choice", "benchmark_methods", "setting_of", "find_setting", "timing_inputs", "time_speedups",
     "run_benchmark", "retime_benchmark", "main",
 ]
 
@@ -408,6 +408,17 @@ def run_benchmark(
     return pd.DataFrame(rows), result
 
 
+def setting_of(row: Mapping, method: Method) -> float:
+    """A results row's setting in its method's knob.
+
+    Results written before the baselines said how much they *keep* store the fraction
+    removed (``parameter == "amount"``); it is converted to ``keep = 1 - amount``.
+    """
+    if row.get("parameter") == "amount" and method.knob == "keep":
+        return round(1.0 - float(row["setting"]), 12)
+    return row["setting"]
+
+
 def retime_benchmark(
     meta: dict,
     *,
@@ -444,7 +455,7 @@ def retime_benchmark(
                 raise ValueError(f"model must be one of {list(NETWORKS)}, got {name!r}")
             dense_cache[name] = trained_model(name, progress=False)
         dense = dense_cache[name]
-        pruned = method.prune(dense, row["setting"],
+        pruned = method.prune(dense, setting_of(row, method),
                               data=data.calibration if method.needs_data else None)
         params = count_params(pruned, nonzero=method.sparse)
         if params != row["params"]:

@@ -200,3 +200,11 @@ def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         headline.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_older_results_with_amounts_are_read_as_keep():
+    l1 = METHODS["l1_structured"]
+    assert headline.setting_of({"parameter": "amount", "setting": 0.3}, l1) == 0.7
+    assert headline.setting_of({"parameter": "keep", "setting": 0.3}, l1) == 0.3
+    energy = METHODS["low_rank_energy"]
+    assert headline.setting_of({"parameter": "energy", "setting": 0.7}, energy) == 0.7
