@@ -8,6 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+import torchvision  # noqa: E402 (a dependency of the library)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -27,8 +28,6 @@ from pruning_utils.surgery import (
     randomize,
     save_pruned,
 )
-
-torchvision = pytest.importorskip("torchvision")
 
 
 def _mlp(widths=(20, 32, 24, 5), act=nn.ReLU, bias=True, seed=0):

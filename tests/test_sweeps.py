@@ -149,7 +149,6 @@ def test_randomized_callable_over_seeds_and_summary(trained):
 
 
 def test_named_surgery_methods(trained):
-    pytest.importorskip("pruning_utils.surgery")
     model, data = trained
     calib = data.tensors[0][:64]
     low = sweep(model, "low_rank_rank", [2, 4], test_data=data, batch_sizes=(), progress=False)
