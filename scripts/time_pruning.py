@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import pruning_utils as pu
+from pruning_utils.config import SMOKE_ENV
 from pruning_utils.headline import load_benchmark_data
 
 GRIDS = {
@@ -48,11 +49,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/pruning_times.json"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke-weights", action="store_true",
+                        help="use the LargeMLP trained by the smoke recipe (same architecture; "
+                             "the cost of pruning depends on the shapes, not on the training)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    if args.smoke_weights:
+        os.environ[SMOKE_ENV] = "1"
     model = pu.trained_model("large-mlp", progress=False, device="cpu")
-    calibration = load_benchmark_data().calibration
+    os.environ[SMOKE_ENV] = "0"
+    calibration = load_benchmark_data().calibration  # the full-mode calibration set
     rows = [{"what": "low rank, rank 128, one setting",
              "seconds": _seconds(lambda: pu.low_rank(model, rank=128))}]
     for name, grid in GRIDS.items():
@@ -71,7 +78,9 @@ def main() -> int:
                      "seconds": eight, "ratio_to_one": eight / single})
         print(f"{name}: one setting {single:.1f} s, eight {eight:.1f} s ({eight / single:.2f}x)",
               flush=True)
-    out = {"model": "large-mlp", "threads": args.threads, "torch": torch.__version__,
+    out = {"model": "large-mlp", "weights": "smoke recipe" if args.smoke_weights else "book recipe",
+           "calibration_inputs": len(calibration), "threads": args.threads,
+           "torch": torch.__version__,
            "machine": platform.processor() or platform.machine(),
            "load_average": {"before": load_before, "after": os.getloadavg()}, "rows": rows}
     args.out.write_text(json.dumps(out, indent=2))
