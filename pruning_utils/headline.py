@@ -55,8 +55,8 @@ from pruning_utils.methods import Method, get_method, methods_for
 from pruning_utils.train import evaluate, fine_tune, trained_model
 
 __all__ = [
-    "Choice", "benchmark_methods", "setting_of", "find_setting", "timing_inputs", "time_speedups",
-    "run_benchmark", "retime_benchmark", "main",
+    "BenchmarkData", "Choice", "benchmark_methods", "load_benchmark_data", "setting_of",
+    "find_setting", "timing_inputs", "time_speedups", "run_benchmark", "retime_benchmark", "main",
 ]
 
 #: The networks of the headline table and the kind of network each one is.
@@ -283,7 +283,10 @@ class BenchmarkData:
 
 
 def load_benchmark_data(fine_tune_images: int | None = 10_000) -> BenchmarkData:
-    """Fashion-MNIST as the benchmark uses it (sizes from :func:`~pruning_utils.get_config`)."""
+    """Fashion-MNIST as the benchmark uses it.
+
+    Sizes come from :func:`~pruning_utils.config.get_config` (smoke or full mode).
+    """
     config = get_config()
     test = load_dataset("fashion-mnist", "test", subset=config.test_subset)
     sizes = [n for n in (config.train_subset, fine_tune_images) if n is not None]

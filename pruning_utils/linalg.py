@@ -882,7 +882,7 @@ def randomized_matmul(
     their count, so the cost is one ``m × u × p`` product for the ``u ≤ c`` distinct
     indices (the same estimate as the sum above, up to rounding). On a GPU the number
     ``u`` is not known without waiting for the device, so ``min(c, n)`` slots are
-    gathered there, the unused ones with weight 0 (see :func:`_sampled_product`).
+    gathered there, the unused ones with weight 0 (see ``_sampled_product``).
 
     Parameters
     ----------
