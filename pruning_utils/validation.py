@@ -67,10 +67,11 @@ def check_int(name: str, value: object, lower: int | None = 1, upper: int | None
 
     >>> check_int("rank", 3)
     3
-    >>> check_int("rank", 0)
-    Traceback (most recent call last):
-    ...
-    ValueError: rank must be an int >= 1, got 0
+    >>> try:
+    ...     check_int("rank", 0)
+    ... except ValueError as err:
+    ...     print(err)
+    rank must be an int >= 1, got 0
     """
     if lower is not None and upper is not None:
         allowed = f"an int in [{lower}, {upper}]"
