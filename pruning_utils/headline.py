@@ -52,6 +52,7 @@ from pruning_utils.data import load_dataset, train_val_split
 from pruning_utils.layers import LowRankLinear
 from pruning_utils.measure import compare_latency, count_flops, count_params
 from pruning_utils.methods import Method, get_method, methods_for
+from pruning_utils.nnutils import model_device
 from pruning_utils.train import evaluate, fine_tune, trained_model
 
 __all__ = [
@@ -239,14 +240,15 @@ def _load_average() -> list[float] | None:
 
 
 def _layer_benchmark(m: int, n: int, rank: int, *, batch: int, num_threads: int,
-                     seconds: float) -> dict:
-    """One m×n layer (random weights) against its rank-``rank`` factorization."""
+                     seconds: float, device: torch.device | str = "cpu") -> dict:
+    """One m×n layer (random weights) against its rank-``rank`` factorization, on ``device``."""
     gen = seed_everything(0)
     dense = nn.Linear(n, m)
     with torch.no_grad():
         dense.weight.copy_(torch.randn(m, n, generator=gen) / math.sqrt(n))
+    dense = dense.to(device)
     factorized = LowRankLinear.from_linear(dense, rank=rank)
-    x = torch.randn(batch, n, generator=gen)
+    x = torch.randn(batch, n, generator=gen)  # moved to the layer's device by compare_latency
     timing = compare_latency(
         {"dense": dense, "factorized": factorized}, x,
         num_threads=num_threads, min_run_time=seconds, rounds=5,
@@ -260,6 +262,7 @@ def _layer_benchmark(m: int, n: int, rank: int, *, batch: int, num_threads: int,
         "factorized_ms": 1e3 * float(timing.loc["factorized", "median_s"]),
         "speedup": float(timing.loc["factorized", "speedup"]),
         "flop_ratio": (m * n) / (rank * (m + n)),
+        "device": str(torch.device(device)),
     }
 
 
@@ -407,7 +410,8 @@ def run_benchmark(
                 f"within: {choice.within}); speedup b1 {row['speedup_b1']:.2f}x, "
                 f"b256 {row['speedup_b256']:.2f}x")
     result = None if layer is None else _layer_benchmark(
-        *layer, batch=256, num_threads=num_threads, seconds=config.timing_seconds)
+        *layer, batch=256, num_threads=num_threads, seconds=config.timing_seconds,
+        device=model_device(dense) if models else "cpu")
     return pd.DataFrame(rows), result
 
 
@@ -471,7 +475,8 @@ def retime_benchmark(
         log(f"  {name}, {method.label}: speedup b1 {row['speedup_b1']:.2f}x, "
             f"b256 {row['speedup_b256']:.2f}x")
     result = None if layer is None else _layer_benchmark(
-        *layer, batch=256, num_threads=num_threads, seconds=config.timing_seconds)
+        *layer, batch=256, num_threads=num_threads, seconds=config.timing_seconds,
+        device=model_device(next(iter(dense_cache.values()))) if dense_cache else "cpu")
     return pd.DataFrame(rows), result
 
 

@@ -90,6 +90,7 @@ def test_run_writes_consistent_rows(smoke, data):
             method = METHODS[row.method_key]
             assert row.setting in headline._thin(method.grid, 3)
     assert layer["rank"] == 4 and layer["flop_ratio"] == pytest.approx(32 * 64 / (4 * 96))
+    assert layer["device"] == "cpu"  # where the networks are
 
 
 def test_an_outside_method_runs_under_the_protocol(smoke, data):
@@ -208,3 +209,10 @@ def test_older_results_with_amounts_are_read_as_keep():
     assert headline.setting_of({"parameter": "keep", "setting": 0.3}, l1) == 0.3
     energy = METHODS["low_rank_energy"]
     assert headline.setting_of({"parameter": "energy", "setting": 0.7}, energy) == 0.7
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_single_layer_timing_runs_on_the_gpu():
+    layer = headline._layer_benchmark(32, 64, 4, batch=8, num_threads=1, seconds=0.01,
+                                      device="cuda")
+    assert layer["device"].startswith("cuda") and layer["speedup"] > 0
