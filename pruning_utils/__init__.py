@@ -17,7 +17,7 @@ from pruning_utils.config import (
     seed_everything,
     smoke_mode,
 )
-from pruning_utils.data import load_dataset, make_loader, train_val_split
+from pruning_utils.data import SPLITS, load_dataset, make_loader, train_val_split, validation_images
 from pruning_utils.files import CorruptFileError
 from pruning_utils.layers import (
     PROBABILITY_RULES,
@@ -57,6 +57,7 @@ from pruning_utils.measure import (
     compare_latency,
     count_flops,
     count_params,
+    machine_record,
     measure_latency,
 )
 from pruning_utils.methods import (
@@ -87,6 +88,12 @@ from pruning_utils.plots import (
     plot_spectrum,
     plot_sweep,
     set_style,
+)
+from pruning_utils.stats import (
+    Interval,
+    accuracy_interval,
+    correct_predictions,
+    paired_difference_interval,
 )
 from pruning_utils.surgery import (
     PCA_METHODS,

@@ -53,6 +53,8 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotFoundError",
     "CorruptFileError",
+    "SPLITS",
+    "validation_images",
     "load_dataset",
     "train_val_split",
     "make_loader",
@@ -75,6 +77,23 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+#: The splits :func:`load_dataset` knows. The dataset's training file is divided once and for
+#: all: its last twelfth (5,000 of Fashion-MNIST's 60,000 images) is the validation split
+#: ``"val"``, on which every choice of the book is made; ``"train"`` is the rest (55,000
+#: images), on which every model is trained; ``"train+val"`` is the whole file. The test
+#: file (``"test"``, 10,000 images) is used only to report.
+SPLITS = ("train", "val", "train+val", "test")
+
+
+def validation_images(n_train_file: int) -> int:
+    """How many of the ``n_train_file`` images of a training file form the validation split.
+
+    The last twelfth, rounded (5,000 of 60,000); at least one image, and at least one left
+    for training.
+    """
+    n_train_file = check_int("n_train_file", n_train_file, lower=2)
+    return min(max(1, round(n_train_file / 12)), n_train_file - 1)
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo(
@@ -379,7 +398,9 @@ def load_dataset(
         ``"fashion-mnist"`` (the book's default, available offline) or ``"mnist"`` (the
         original work's dataset; needs the network the first time, e.g. in Colab).
     split:
-        ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
+        ``"train"`` (the training file without its validation images: 55,000 of
+        Fashion-MNIST's 60,000), ``"val"`` (the last 5,000 images of the training file, see
+        :data:`SPLITS`), ``"train+val"`` (all 60,000) or ``"test"`` (10,000 images).
     root:
         Data root; default :func:`pruning_utils.config.data_root`.
     subset:
@@ -408,7 +429,7 @@ def load_dataset(
         labels out of range); the message names the file and what to do.
     """
     name = check_choice("name", name, sorted(DATASETS))
-    split = check_choice("split", split, sorted(_IDX_FILES))
+    split = check_choice("split", split, SPLITS)
     if subset is not None:
         subset = check_int("subset", subset, lower=1)
     seed = check_seed("seed", seed)
@@ -420,7 +441,11 @@ def load_dataset(
     info = DATASETS[name]
     root = Path(root) if root is not None else data_root()
     raw = _locate(info, root, download, timeout)
-    pixels, targets = _read_split(raw, split, info)
+    pixels, targets = _read_split(raw, "test" if split == "test" else "train", info)
+    if split in ("train", "val"):
+        n_val = validation_images(len(targets))
+        cut = slice(None, len(targets) - n_val) if split == "train" else slice(-n_val, None)
+        pixels, targets = pixels[cut], targets[cut]
     images = pixels.to(torch.float32).div_(255.0).unsqueeze(1)
     labels = targets.to(torch.int64)
     if subset is not None and subset < len(labels):

@@ -386,7 +386,8 @@ def compare_latency(
     pandas.DataFrame
         One row per model (index ``model``) with columns ``median_s``, ``iqr_s`` (IQR of
         the per-round medians), ``mean_s``, ``speedup`` (``t_ref / t_model``; > 1 is
-        faster), ``speedup_iqr``, ``rounds``, ``num_threads`` (``<NA>`` on a GPU),
+        faster), ``speedup_iqr`` and its quartiles ``speedup_q1``, ``speedup_q3`` (over the
+        rounds' paired ratios), ``rounds``, ``num_threads`` (``<NA>`` on a GPU),
         ``batch_size``, ``device`` and ``device_name``.
     """
     if not isinstance(models, Mapping) or not models:
@@ -434,6 +435,8 @@ def compare_latency(
                 "mean_s": float(np.mean(t)),
                 "speedup": float(np.median(ratios)),
                 "speedup_iqr": _iqr(ratios),
+                "speedup_q1": float(np.quantile(ratios, 0.25)),
+                "speedup_q3": float(np.quantile(ratios, 0.75)),
                 "rounds": rounds,
                 "num_threads": threads if device.type == "cpu" else None,
                 "batch_size": _batch_size(example_input),
@@ -576,3 +579,57 @@ def break_even_report(
             }
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def machine_record(num_threads: int | None = None) -> dict:
+    """What a timing depends on: the CPU, torch's threads and BLAS, and the machine's load.
+
+    Returns ``{"cpu_model", "cpu_count", "threads", "blas", "torch", "python", "platform",
+    "load_average"}``; ``blas`` is read from ``torch.__config__.show()`` (BLAS library,
+    LAPACK, MKL / oneDNN versions where torch reports them), ``load_average`` is the 1, 5
+    and 15 minute load (``None`` where the system does not report it). Call it before and
+    after a timing run and keep both loads with the results.
+    """
+    import os
+    import platform
+    import re
+
+    threads = torch.get_num_threads() if num_threads is None else check_int(
+        "num_threads", num_threads, lower=1)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    config = torch.__config__.show()
+    blas = {}
+    for key in ("BLAS_INFO", "LAPACK_INFO", "USE_MKL", "USE_MKLDNN", "USE_OPENMP"):
+        match = re.search(rf"{key}=([^,\n]+)", config)
+        if match:
+            blas[key.lower()] = match.group(1).strip()
+    for label, pattern in (("mkl", r"Intel\(R\) oneAPI Math Kernel Library Version ([^\s]+)"),
+                           ("onednn", r"oneDNN v([^\s]+)")):
+        match = re.search(pattern, config)
+        if match:
+            blas[f"{label}_version"] = match.group(1)
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "blas": blas,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": load,
+    }

@@ -94,11 +94,12 @@ def sweep(
     fine_tune_data: Dataset | DataLoader | None = None,
     fine_tune_epochs: int = 0,
     fine_tune_lr: float = 1e-4,
-    rounds: int = 3,
+    rounds: int = 5,
     min_run_time: float | None = None,
     num_threads: int | None = None,
     include_dense: bool = True,
     progress: bool = True,
+    val_data: Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """Prune ``model`` at every value of ``grid`` and measure each pruned model.
 
@@ -127,6 +128,11 @@ def sweep(
     test_data:
         Evaluation data (Dataset, DataLoader or ``(X, y)``); also the source of the timing
         inputs (its first ``B`` images).
+    val_data:
+        Validation data (the ``"val"`` split of :func:`~pruning_utils.data.load_dataset`):
+        when given, every row also gets ``val_accuracy``. Choose settings on it
+        (:func:`~pruning_utils.methods.most_compressed_within` with
+        ``accuracy="val_accuracy"``) and report ``accuracy``, measured on ``test_data``.
     calibration_data:
         Inputs for the data-aware methods (``"low_rank_data"``, ``"pca_activations"``,
         ``"pca_interpolative"``; a method's ``needs_data``).
@@ -166,9 +172,12 @@ def sweep(
     -------
     pandas.DataFrame
         Columns ``method``, ``parameter``, ``value``, ``seed``, ``fine_tuned``,
-        ``accuracy``, ``params``, ``nonzero_params``, ``flops`` (per image),
+        ``accuracy`` (on ``test_data``), ``val_accuracy`` (with ``val_data`` only),
+        ``params``, ``nonzero_params``, ``flops`` (per image),
         ``prune_seconds``, and for each batch size ``B``: ``latency_median_b{B}``,
-        ``latency_iqr_b{B}`` (seconds per call) and ``speedup_b{B}`` (> 1 is faster).
+        ``latency_iqr_b{B}`` (seconds per call), ``speedup_b{B}`` (> 1 is faster; the median
+        over the interleaved rounds' paired ratios) and its quartiles ``speedup_q1_b{B}``,
+        ``speedup_q3_b{B}``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -240,15 +249,23 @@ def sweep(
             return evaluate(m, test_data)
 
     def measures(m: nn.Module, seed: int | None) -> dict[str, float]:
+        scores = {"accuracy": evaluate_seeded(m, seed)}
+        if val_data is not None:
+            if seed is None:
+                scores["val_accuracy"] = evaluate(m, val_data)
+            else:
+                with seeded(seed, model_device(m)):
+                    scores["val_accuracy"] = evaluate(m, val_data)
         return {
-            "accuracy": evaluate_seeded(m, seed),
+            **scores,
             "params": count_params(m),
             "nonzero_params": count_params(m, nonzero=True),
             "flops": count_flops(m, one_image),
         }
 
     latency_columns = [
-        f"{kind}_b{b}" for b in inputs for kind in ("latency_median", "latency_iqr", "speedup")
+        f"{kind}_b{b}" for b in inputs
+        for kind in ("latency_median", "latency_iqr", "speedup", "speedup_q1", "speedup_q3")
     ]
     dense_times: dict[int, list[float]] = {b: [] for b in inputs}
     rows: list[dict] = []
@@ -282,6 +299,8 @@ def sweep(
                         row[f"latency_median_b{b}"] = float(timing.loc["pruned", "median_s"])
                         row[f"latency_iqr_b{b}"] = float(timing.loc["pruned", "iqr_s"])
                         row[f"speedup_b{b}"] = float(timing.loc["pruned", "speedup"])
+                        row[f"speedup_q1_b{b}"] = float(timing.loc["pruned", "speedup_q1"])
+                        row[f"speedup_q3_b{b}"] = float(timing.loc["pruned", "speedup_q3"])
                 rows.append(row)
                 if fine_tune_epochs:
                     tuned = fine_tune(
@@ -313,9 +332,12 @@ def sweep(
                 float(np.subtract(*np.quantile(times, [0.75, 0.25]))) if times else math.nan
             )
             dense_row[f"speedup_b{b}"] = 1.0 if times else math.nan
+            for quartile in ("q1", "q3"):
+                dense_row[f"speedup_{quartile}_b{b}"] = dense_row[f"speedup_b{b}"]
         rows.insert(0, dense_row)
     columns = [
-        "method", "parameter", "value", "seed", "fine_tuned", "accuracy", "params",
+        "method", "parameter", "value", "seed", "fine_tuned", "accuracy",
+        *(["val_accuracy"] if val_data is not None else []), "params",
         "nonzero_params", "flops", "prune_seconds", *latency_columns,
     ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=columns)

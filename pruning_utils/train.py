@@ -628,8 +628,10 @@ def train_or_load(
         zero-argument callable returning a fresh model (then ``name`` is required unless the
         callable is a class, whose name is used).
     dataset:
-        A dataset name for :func:`~pruning_utils.data.load_dataset` (its training split,
-        restricted to ``get_config().train_subset`` images), or a Dataset of ``(x, y)`` pairs.
+        A dataset name for :func:`~pruning_utils.data.load_dataset` (trained on its
+        ``"train"`` split, restricted to ``get_config().train_subset`` images; the history
+        records the accuracy on its ``"val"`` split after each epoch), or a Dataset of
+        ``(x, y)`` pairs.
     epochs:
         Training epochs; default ``get_config().epochs_mlp`` for MLPs and LeNet-5 and
         ``epochs_cnn`` for ``"small-cnn"``.
@@ -716,10 +718,14 @@ def train_or_load(
     if isinstance(dataset, str):
         from pruning_utils.data import DATASETS, load_dataset
 
-        dataset_key = check_choice("dataset", dataset, sorted(DATASETS))
+        # the split is part of the key: weights trained before the validation images were
+        # held out (on all 60,000) are never loaded as if they had not seen them
+        dataset_key = check_choice("dataset", dataset, sorted(DATASETS)) + "-train"
         train_data = load_dataset(dataset, "train", subset=config.train_subset, seed=0)
+        val_data = load_dataset(dataset, "val", subset=config.test_subset, seed=0)
     elif isinstance(dataset, Dataset):
         train_data = dataset
+        val_data = None
         dataset_key = f"data-{_dataset_fingerprint(dataset)}"
     else:
         raise TypeError(
@@ -758,11 +764,12 @@ def train_or_load(
             optimizer=optimizer,
             seed=seed,
             device=device,
+            val_data=val_data,
             progress=progress,
         )
         meta = {"name": key_name, "dataset": dataset_key, "epochs": epochs, "seed": seed,
                 "lr": lr, "smoke": config.smoke, "train_size": len(train_data), **extra,
-                "history": history.epochs}
+                "trained_on": str(torch.device(device)), "history": history.epochs}
         _save_cached(model, path, meta)
     model.eval()
     model.weights_path = path

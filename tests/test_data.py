@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pruning_utils import data
-from pruning_utils.data import DATASETS, DatasetNotFoundError, load_dataset
+from pruning_utils.data import DATASETS, DatasetNotFoundError, load_dataset, validation_images
 from pruning_utils.files import CorruptFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_data_root_comes_first(tmp_path, no_system_copy):
     root = tmp_path / "root"
     write_idx(root / "FashionMNIST" / "raw", 20, 10, fill=255, packed=False)
     write_idx(no_system_copy, 30, 10, fill=0, packed=True)
-    train = load_dataset("fashion-mnist", "train", root=root, normalize=False, download=False)
+    train = load_dataset("fashion-mnist", "train+val", root=root, normalize=False, download=False)
     assert len(train) == 20
     assert torch.all(train.tensors[0] == 1.0)
 
@@ -90,7 +90,7 @@ def test_system_copy_is_unpacked_into_root(tmp_path, no_system_copy):
 def test_packed_files_in_root_are_found(tmp_path, no_system_copy):
     root = tmp_path / "root"
     write_idx(root / "FashionMNIST" / "raw", 8, 4, fill=0, packed=True)
-    assert len(load_dataset("fashion-mnist", "train", root=root, download=False)) == 8
+    assert len(load_dataset("fashion-mnist", "train+val", root=root, download=False)) == 8
 
 
 def test_normalisation_uses_dataset_statistics(tmp_path, no_system_copy):
@@ -204,9 +204,13 @@ def test_make_loader_shuffles_by_seed():
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_full_fashion_mnist_offline(tmp_path):
-    train = load_dataset("fashion-mnist", "train", root=tmp_path, download=False)
+    train = load_dataset("fashion-mnist", "train+val", root=tmp_path, download=False)
     test = load_dataset("fashion-mnist", "test", root=tmp_path, download=False)
     assert len(train) == 60_000 and len(test) == 10_000
+    fit = load_dataset("fashion-mnist", "train", root=tmp_path, download=False)
+    val = load_dataset("fashion-mnist", "val", root=tmp_path, download=False)
+    assert len(fit) == 55_000 and len(val) == 5_000
+    assert torch.equal(torch.cat([fit.tensors[1], val.tensors[1]]), train.tensors[1])
     counts = np.bincount(train.tensors[1].numpy())
     assert counts.tolist() == [6000] * 10
     # the library's IDX reader against torchvision's
@@ -277,7 +281,7 @@ def test_truncated_gz_of_system_copy_leaves_nothing_behind(tmp_path, no_system_c
                for name in unpacked), unpacked
     # once the system copy is repaired, loading works
     packed.write_bytes(gzip.compress(image_bytes(20, 7)))
-    train = load_dataset("fashion-mnist", "train", root=root, download=False, normalize=False)
+    train = load_dataset("fashion-mnist", "train+val", root=root, download=False, normalize=False)
     assert torch.allclose(train.tensors[0], torch.full((20, 1, 28, 28), 7 / 255))
     assert listing(root) == sorted(f"FashionMNIST/raw/{f}" for pair in FILES.values() for f in pair)
 
@@ -357,7 +361,7 @@ while not go.exists():  # start together, so that the two unpack the same files 
     time.sleep(0.0005)
 digests = []
 for root in roots:
-    for split in ("train", "test"):
+    for split in ("train+val", "test"):
         images, labels = data.load_dataset(
             "fashion-mnist", split, root=root, download=False, normalize=False).tensors
         content = images.numpy().tobytes() + labels.numpy().tobytes()
@@ -406,3 +410,19 @@ def test_two_processes_load_the_same_fresh_root(tmp_path):
     names = sorted(f"FashionMNIST/raw/{f}" for pair in FILES.values() for f in pair)
     for root in roots:
         assert listing(root) == names  # no temporary or partial file left
+
+
+def test_validation_split_is_the_last_twelfth_of_the_training_file(tmp_path):
+    root = tmp_path / "root"
+    write_idx(root / "FashionMNIST" / "raw", 24, 10, fill=255, packed=False)
+    whole = load_dataset("fashion-mnist", "train+val", root=root, download=False)
+    fit = load_dataset("fashion-mnist", "train", root=root, download=False)
+    val = load_dataset("fashion-mnist", "val", root=root, download=False)
+    assert (len(whole), len(fit), len(val)) == (24, 22, 2)
+    assert torch.equal(torch.cat([fit.tensors[0], val.tensors[0]]), whole.tensors[0])
+    assert validation_images(60_000) == 5_000
+    assert validation_images(2) == 1
+    with pytest.raises(ValueError, match="n_train_file"):
+        validation_images(1)
+    with pytest.raises(ValueError, match="'train\\+val'"):
+        load_dataset("fashion-mnist", "validation", root=root, download=False)
