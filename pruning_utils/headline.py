@@ -11,32 +11,42 @@ a second bisection over the settings that failed gives each one epoch of fine-tu
 fixed random subset of the training split (``--fine-tune-images``, 10,000
 by default) and finds the most compressed setting that passes after it.
 
-The choice is made on one half of the test set (the *selection* half, 5,000 images) and
-the accuracies reported are measured on the other half (the *report* half) and on the whole
-test set, so that picking a setting does not flatter it. For the chosen setting the table
-gives parameter and FLOP ratios and the latency speedup at batch 1 and 256, with the dense
-and the pruned model timed interleaved in the same run
-(:func:`~pruning_utils.measure.compare_latency`).
+Selection on validation, report on test. Every choice is made on the validation split
+(the last 5,000 training images, on which no model was trained) against the dense model's
+validation accuracy, or, for a fine-tuned setting, against the dense model given the same
+epoch of fine-tuning (a fine-tuned pruned model is never compared with a less-trained dense
+one). The chosen setting is then pruned (and fine-tuned) again for three seeds (calibration
+sample, fine-tuning subset and order, sampling), and reported on the whole test set: mean
+test accuracy with a 95 % interval, the drop against the reference with a paired bootstrap
+interval over the same images, per-seed accuracies. A row is ``within_tolerance`` only if
+its mean *test* drop is; ``validation_within`` says what the choice saw. Per network, a
+train-small control (``"from scratch (widths of ...)"``) trains the architecture of the
+most compressed width-pruning choice from scratch, with the same budget. Parameter and FLOP
+ratios come with the latency speedup at batch 1 and 256 (median over 5 interleaved rounds
+of the paired ratios, with its quartiles), dense and every row of a network timed in one
+interleaved call per batch size (:func:`~pruning_utils.measure.compare_latency`).
 It ends with one 2048×8192 layer factorized at rank 128, timed against the dense layer.
 
-The table is printed and written as ``headline.csv`` and ``headline.json`` (with the run's
-settings, duration and the machine's load average) to ``--out`` (default
-``<data root>/benchmark``).
+The table is printed and written as ``headline.csv`` and ``headline.json`` (with the
+protocol, the run's duration and the machine: CPU model, threads, BLAS, load before and
+after) to ``--out`` (default ``<data root>/benchmark``).
 
 Timings are only as good as the machine was quiet. ``--retime`` keeps the choices and the
 accuracies of an earlier run in ``--out`` and measures the speedups again: it rebuilds each
 chosen architecture from the dense model (fine-tuning changes weights, not shapes, so the
 timing is the same), checks its parameter count against the table, and times it against
-the dense model. The json keeps the superseded speedups and the load of both runs.
+the dense model. The json keeps the superseded speedups and the machine of both runs, and
+each row's ``retime_ratio_b256`` (new batch-256 speedup over the previous one): run
+``--retime`` twice to see how far a timing moves between two runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -48,12 +58,20 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from pruning_utils.config import SMOKE_ENV, data_root, get_config, seed_everything
-from pruning_utils.data import load_dataset, train_val_split
+from pruning_utils.data import load_dataset
+from pruning_utils.files import CorruptFileError, atomic_files
 from pruning_utils.layers import LowRankLinear
-from pruning_utils.measure import compare_latency, count_flops, count_params
+from pruning_utils.measure import compare_latency, count_flops, count_params, machine_record
 from pruning_utils.methods import Method, get_method, methods_for
-from pruning_utils.nnutils import model_device
-from pruning_utils.train import evaluate, fine_tune, trained_model
+from pruning_utils.models import SmallCNN
+from pruning_utils.nnutils import model_device, seeded
+from pruning_utils.stats import (
+    Interval,
+    accuracy_interval,
+    correct_predictions,
+    paired_difference_interval,
+)
+from pruning_utils.train import BOOK_RECIPES, evaluate, fine_tune, train, trained_model
 
 __all__ = [
     "BenchmarkData", "Choice", "benchmark_methods", "load_benchmark_data", "setting_of",
@@ -124,12 +142,20 @@ def find_setting(
     calibration: torch.Tensor,
     *,
     dense_accuracy: float,
+    tuned_accuracy: float | None = None,
     tolerance: float = 0.01,
     fine_tune_data=None,
     seeds: Sequence[int] = (0, 1, 2),
     log: Callable[[str], None] = print,
 ) -> Choice:
     """The most compressed setting of ``method`` whose accuracy is within ``tolerance``.
+
+    ``selection`` is the data the choice is made on (the benchmark passes the validation
+    split); ``dense_accuracy`` is the dense model's accuracy on it and ``tuned_accuracy``
+    that of the dense model given the same epoch of fine-tuning (default
+    ``dense_accuracy``): a fine-tuned setting passes only within ``tolerance`` of the
+    latter, so that fine-tuning is never credited with what one more epoch of training
+    would give the dense model too.
 
     Accuracy is assumed to grow with the setting (the grid runs from the most compressed
     setting to the least), so both passes bisect the grid. First pass, no fine-tuning: the
@@ -141,6 +167,7 @@ def find_setting(
     compressed one is returned with ``within=False``.
     """
     threshold = dense_accuracy - tolerance
+    tuned_threshold = (dense_accuracy if tuned_accuracy is None else tuned_accuracy) - tolerance
     tried: list[dict] = []
     models: dict[int, nn.Module] = {}
     seeds = tuple(seeds) if method.randomized else ()
@@ -178,8 +205,8 @@ def find_setting(
         tried=tried,
     )
     if method.fine_tunable and fine_tune_data is not None:
-        choice = _fine_tuned_choice(choice, method, prune, passing, selection, threshold,
-                                    fine_tune_data, tried, seeds, log)
+        choice = _fine_tuned_choice(choice, method, prune, passing, selection,
+                                    tuned_threshold, fine_tune_data, tried, seeds, log)
     if not choice.within:  # report the least compressed setting, plainly marked
         last = len(method.grid) - 1
         choice = Choice(method.grid[last], prune(last), False, False, tried)
@@ -266,40 +293,84 @@ def _layer_benchmark(m: int, n: int, rank: int, *, batch: int, num_threads: int,
     }
 
 
+#: Seeds of the whole prune (+ fine-tune) pipeline: seed ``s`` draws the calibration sample,
+#: the fine-tuning subset and its order, and the samples of randomized methods.
+SEEDS = (0, 1, 2)
+
+
 @dataclass(frozen=True)
 class BenchmarkData:
     """The data of the benchmark protocol.
 
     Attributes
     ----------
+    validation:
+        Where every choice is made (the ``"val"`` split: the last 5,000 training images).
     test:
-        The test set; split into a selection half and a report half (``seed=0``).
-    fine_tune:
-        The training images of the one epoch of fine-tuning.
-    calibration:
-        Calibration inputs of the data-aware methods.
+        Where every reported accuracy is measured (the test split), and only that.
+    train:
+        The training split, on which the train-small control is trained from scratch.
+    fine_tune_sets:
+        Per seed, the training images of the one epoch of fine-tuning.
+    calibration_sets:
+        Per seed, the calibration inputs of the data-aware methods.
     """
 
+    validation: TensorDataset
     test: TensorDataset
-    fine_tune: TensorDataset
-    calibration: torch.Tensor
+    train: TensorDataset
+    fine_tune_sets: tuple[TensorDataset, ...]
+    calibration_sets: tuple[torch.Tensor, ...]
+
+    def __post_init__(self) -> None:
+        if not self.fine_tune_sets or len(self.fine_tune_sets) != len(self.calibration_sets):
+            raise ValueError(
+                "fine_tune_sets and calibration_sets must hold one entry per seed, and at "
+                f"least one; got {len(self.fine_tune_sets)} and {len(self.calibration_sets)}"
+            )
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The pipeline seeds ``0, 1, ...`` (one per fine-tuning and calibration set)."""
+        return tuple(range(len(self.fine_tune_sets)))
+
+    @property
+    def fine_tune(self) -> TensorDataset:
+        """Seed 0's fine-tuning images (the ones the choice is made with)."""
+        return self.fine_tune_sets[0]
+
+    @property
+    def calibration(self) -> torch.Tensor:
+        """Seed 0's calibration inputs."""
+        return self.calibration_sets[0]
 
 
-def load_benchmark_data(fine_tune_images: int | None = 10_000) -> BenchmarkData:
+def load_benchmark_data(
+    fine_tune_images: int | None = 10_000, seeds: Sequence[int] = SEEDS
+) -> BenchmarkData:
     """Fashion-MNIST as the benchmark uses it.
 
-    Sizes come from :func:`~pruning_utils.config.get_config` (smoke or full mode).
+    Sizes come from :func:`~pruning_utils.config.get_config` (smoke or full mode): the
+    validation split is subsampled like the test split in smoke mode. Seed ``s`` draws its
+    fine-tuning subset with seed ``1000 + s`` and its calibration sample with ``2000 + s``,
+    both from the training split.
     """
     config = get_config()
+    validation = load_dataset("fashion-mnist", "val", subset=config.test_subset)
     test = load_dataset("fashion-mnist", "test", subset=config.test_subset)
+    train = load_dataset("fashion-mnist", "train", subset=config.train_subset, seed=0)
     sizes = [n for n in (config.train_subset, fine_tune_images) if n is not None]
-    fine_tune_data = load_dataset(
-        "fashion-mnist", "train", subset=min(sizes) if sizes else None, seed=2
+    fine_tune_sets = tuple(
+        load_dataset("fashion-mnist", "train", subset=min(sizes) if sizes else None,
+                     seed=1000 + s)
+        for s in seeds
     )
-    calibration = load_dataset(
-        "fashion-mnist", "train", subset=config.calibration_size, seed=1
-    ).tensors[0]
-    return BenchmarkData(test, fine_tune_data, calibration)
+    calibration_sets = tuple(
+        load_dataset("fashion-mnist", "train", subset=config.calibration_size,
+                     seed=2000 + s).tensors[0]
+        for s in seeds
+    )
+    return BenchmarkData(validation, test, train, fine_tune_sets, calibration_sets)
 
 
 def _network(model: nn.Module) -> str:
@@ -309,6 +380,119 @@ def _network(model: nn.Module) -> str:
 
 def _smoke(method: Method, points: int) -> Method:
     return replace(method, grid=_thin(tuple(method.grid), points))
+
+
+def _correct(model: nn.Module, data, seed: int) -> torch.Tensor:
+    """Right or wrong per image; the sampling layers of a randomized model reseeded first."""
+    for k, layer in enumerate(m for m in model.modules() if hasattr(m, "reseed")):
+        layer.reseed(seed * 1000 + k)
+    return correct_predictions(model, data, seed=seed)
+
+
+def _recipe(name: str) -> dict:
+    """Learning rate, batch size and epochs with which the network ``name`` is trained."""
+    config = get_config()
+    recipe = dict(BOOK_RECIPES.get(name, {"lr": 1e-3, "batch_size": 256}))
+    recipe["epochs"] = config.epochs_cnn if name == "small-cnn" else config.epochs_mlp
+    return recipe
+
+
+def from_scratch_architecture(dense: nn.Module, pruned: nn.Module) -> Callable[[], nn.Module]:
+    """A factory of fresh models shaped like ``pruned`` (widths) and built like ``dense``.
+
+    For a :class:`~pruning_utils.models.SmallCNN` it is a ``SmallCNN`` with the pruned
+    network's channels and hidden width (with its BatchNorm layers, which width pruning
+    folds away); otherwise a copy of ``pruned`` whose every layer is re-initialised.
+    """
+    convs = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
+    if isinstance(dense, SmallCNN) and len(convs) == len(dense.channels) and len(linears) == 2:
+        channels, hidden = tuple(convs), linears[0].out_features
+        return lambda: SmallCNN(channels=channels, hidden=hidden)
+
+    def fresh() -> nn.Module:
+        model = copy.deepcopy(pruned)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return model
+
+    return fresh
+
+
+def _widths(model: nn.Module) -> list[int]:
+    """Output widths of the Linear and Conv2d layers, in order (the control's shape)."""
+    return [m.out_features if isinstance(m, nn.Linear) else m.out_channels
+            for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def _interval(values: Interval) -> list[float]:
+    return [values.low, values.high]
+
+
+class _Reference:
+    """The dense model and the dense model given the same extra epoch, scored per seed."""
+
+    def __init__(self, dense: nn.Module, data: BenchmarkData, seeds: Sequence[int]):
+        self.val = evaluate(dense, data.validation)
+        self.test = [_correct(dense, data.test, 0)] * len(seeds)
+        tuned = [fine_tune(dense, data.fine_tune_sets[s], epochs=1, seed=s, progress=False)
+                 for s in seeds]
+        self.tuned_val = evaluate(tuned[0], data.validation)
+        self.tuned_test = [_correct(m, data.test, s) for m, s in zip(tuned, seeds, strict=True)]
+
+    def test_correct(self, fine_tuned: bool) -> list[torch.Tensor]:
+        return self.tuned_test if fine_tuned else self.test
+
+
+def _row(name, label, key, parameter, setting, fine_tuned, validation_within, reference,
+         correct, seeds, tolerance) -> dict:
+    """The accuracy fields of one row: test accuracy and drop with intervals, per seed."""
+    ref = reference.test_correct(fine_tuned)
+    accuracy = accuracy_interval(correct)
+    drop = paired_difference_interval(ref, correct)
+    dense_accuracy = accuracy_interval(ref)
+    return {
+        "model": name,
+        "method": label,
+        "method_key": key,
+        "parameter": parameter,
+        "setting": setting,
+        "fine_tuned": fine_tuned,
+        "validation_within": validation_within,
+        "within_tolerance": bool(100 * drop.estimate <= 100 * tolerance + 1e-9),
+        "reference": "dense + 1 epoch" if fine_tuned else "dense",
+        "dense_accuracy": dense_accuracy.estimate,
+        "pruned_accuracy": accuracy.estimate,
+        "test_accuracy": accuracy.estimate,
+        "test_accuracy_ci95": _interval(accuracy),
+        "test_accuracy_by_seed": [float(c.float().mean()) for c in correct],
+        "test_drop_points": 100 * drop.estimate,
+        "test_drop_ci95": [100 * drop.low, 100 * drop.high],
+        "seeds": list(seeds),
+    }
+
+
+def _time_rows(dense: nn.Module, models: Sequence[nn.Module], inputs: dict[int, torch.Tensor],
+               num_threads: int, seconds_per_round: float) -> list[dict]:
+    """One interleaved timing of dense and every model per batch size (5 rounds)."""
+    named = {"dense": dense, **{f"m{i}": m for i, m in enumerate(models)}}
+    out = [{} for _ in models]
+    for b, x in inputs.items():
+        table = compare_latency(named, x, num_threads=num_threads, rounds=TIMING_ROUNDS,
+                                min_run_time=TIMING_ROUNDS * seconds_per_round)
+        for i, row in enumerate(out):
+            t = table.loc[f"m{i}"]
+            row[f"speedup_b{b}"] = float(t["speedup"])
+            row[f"speedup_b{b}_iqr"] = [float(t["speedup_q1"]), float(t["speedup_q3"])]
+            if b == 256:
+                row["dense_ms_b256"] = 1e3 * float(table.loc["dense", "median_s"])
+                row["pruned_ms_b256"] = 1e3 * float(t["median_s"])
+    return out
+
+
+#: Interleaved rounds of every timing (the median and quartiles are over them).
+TIMING_ROUNDS = 5
 
 
 def run_benchmark(
@@ -321,6 +505,7 @@ def run_benchmark(
     dense_models: Mapping[str, nn.Module] | None = None,
     data: BenchmarkData | None = None,
     layer: tuple[int, int, int] | None = (2048, 8192, 128),
+    control: bool = True,
     log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, dict | None]:
     """Run the benchmark and return ``(table, layer result)``; see the module docstring.
@@ -338,8 +523,8 @@ def run_benchmark(
     num_threads:
         Torch threads for the timings.
     fine_tune_images:
-        Training images in the one epoch of fine-tuning (a fixed random subset; ``None``:
-        the whole training split, capped by the configuration's subset).
+        Training images in the one epoch of fine-tuning (a fixed random subset per seed;
+        ``None``: the whole training split, capped by the configuration's subset).
     dense_models:
         ``{name: trained model}``; default :func:`~pruning_utils.train.trained_model` of
         each name.
@@ -348,18 +533,20 @@ def run_benchmark(
     layer:
         ``(m, n, rank)`` of the single-layer timing (an m×n Linear with random weights
         against its rank factorization at batch 256); ``None`` skips it.
+    control:
+        Add, per network, the train-small control: the architecture of the most compressed
+        width-pruning choice within tolerance on validation, trained from scratch on the
+        training split for the dense recipe's epochs plus the same epoch of fine-tuning.
     log:
         Where progress lines go.
     """
     config = get_config()
     torch.set_num_threads(num_threads)
     data = load_benchmark_data(fine_tune_images) if data is None else data
-    test = data.test
-    report_half, selection_half = train_val_split(test, val_fraction=0.5, seed=0)
-    inputs = timing_inputs(test.tensors[0])
-    seeds = tuple(config.seeds[:3])
+    seeds = data.seeds
+    inputs = timing_inputs(data.test.tensors[0])
 
-    rows = []
+    rows: list[dict] = []
     for name in models:
         if dense_models is not None and name in dense_models:
             dense = dense_models[name]
@@ -368,51 +555,112 @@ def run_benchmark(
         method_list = benchmark_methods(_network(dense), methods)
         if config.smoke:
             method_list = tuple(_smoke(m, config.sweep_points) for m in method_list)
-        dense_sel = evaluate(dense, selection_half)
-        dense_rep = evaluate(dense, report_half)
-        dense_test = evaluate(dense, test)
+        reference = _Reference(dense, data, seeds)
         dense_params = count_params(dense)
         dense_flops = count_flops(dense, inputs[1])
-        log(f"{name}: dense accuracy {dense_test:.4f} (selection half {dense_sel:.4f}), "
-            f"{dense_params:,} parameters, {dense_flops:,} FLOPs per image")
+        log(f"{name}: dense validation accuracy {reference.val:.4f} (+1 epoch: "
+            f"{reference.tuned_val:.4f}), {dense_params:,} parameters, {dense_flops:,} FLOPs")
+        network_rows, timed = [], []
         for method in method_list:
             log(f"  {method.label}")
             start = time.perf_counter()
             choice = find_setting(
-                dense, method, selection_half, data.calibration, dense_accuracy=dense_sel,
-                tolerance=tolerance, fine_tune_data=data.fine_tune, seeds=seeds, log=log,
+                dense, method, data.validation, data.calibration, dense_accuracy=reference.val,
+                tuned_accuracy=reference.tuned_val, tolerance=tolerance,
+                fine_tune_data=data.fine_tune, seeds=seeds, log=log,
             )
+            correct, params_by_seed = [], []
+            for s in seeds:
+                model = choice.model if s == 0 else _rerun(dense, method, choice, data, s)
+                correct.append(_correct(model, data.test, s))
+                params_by_seed.append(count_params(model, nonzero=method.sparse))
             pruned = choice.model
-            timing = time_speedups(dense, pruned, inputs, num_threads)
             params = count_params(pruned, nonzero=method.sparse)
-            method_seeds = seeds if method.randomized else ()
-            rows.append({
-                "model": name,
-                "method": method.label,
-                "method_key": method.name,
-                "parameter": method.knob,
-                "setting": choice.value,
-                "fine_tuned": choice.fine_tuned,
-                "within_tolerance": choice.within,
-                "dense_accuracy": dense_rep,
-                "pruned_accuracy": _accuracy(pruned, report_half, method_seeds),
-                "dense_accuracy_full_test": dense_test,
-                "pruned_accuracy_full_test": _accuracy(pruned, test, method_seeds),
+            row = _row(name, method.label, method.name, method.knob, choice.value,
+                       choice.fine_tuned, choice.within, reference, correct, seeds, tolerance)
+            row.update({
                 "params": params,
+                "params_by_seed": params_by_seed,
                 "param_ratio": dense_params / params,
                 "flop_ratio": dense_flops / count_flops(pruned, inputs[1]),
-                **timing,
+                "widths": _widths(pruned),
+                "validation_accuracy": float(_correct(pruned, data.validation, 0).float().mean()),
                 "settings_tried": len(choice.tried),
                 "seconds": time.perf_counter() - start,
             })
-            row = rows[-1]
             log(f"    chose {method.knob}={choice.value} (fine-tuned: {choice.fine_tuned}, "
-                f"within: {choice.within}); speedup b1 {row['speedup_b1']:.2f}x, "
-                f"b256 {row['speedup_b256']:.2f}x")
+                f"validation: {choice.within}); test drop {row['test_drop_points']:.2f} "
+                f"[{row['test_drop_ci95'][0]:.2f}, {row['test_drop_ci95'][1]:.2f}] points")
+            network_rows.append(row)
+            timed.append(pruned)
+            if method.shrinks_width:
+                row["_model"] = pruned
+        if control:
+            made = _control(name, dense, network_rows, data, reference, seeds, tolerance, log)
+            if made is not None:
+                row, model = made
+                row.update(param_ratio=dense_params / row["params"],
+                           flop_ratio=dense_flops / count_flops(model, inputs[1]))
+                network_rows.append(row)
+                timed.append(model)
+        for row in network_rows:
+            row.pop("_model", None)
+        log(f"  timing dense and {len(timed)} models, interleaved ({TIMING_ROUNDS} rounds)")
+        for row, timing in zip(network_rows, _time_rows(
+                dense, timed, inputs, num_threads, config.timing_seconds), strict=True):
+            row.update(timing, retime_ratio_b256=None)
+        rows.extend(network_rows)
     result = None if layer is None else _layer_benchmark(
         *layer, batch=256, num_threads=num_threads, seconds=config.timing_seconds,
         device=model_device(dense) if models else "cpu")
     return pd.DataFrame(rows), result
+
+
+def _rerun(dense: nn.Module, method: Method, choice: Choice, data: BenchmarkData,
+           seed: int) -> nn.Module:
+    """The chosen setting, pruned (and fine-tuned) again with seed ``seed``'s data."""
+    calibration = data.calibration_sets[seed] if method.needs_data else None
+    model = method.prune(dense, choice.value, data=calibration,
+                         generator=seed if method.randomized else None)
+    if choice.fine_tuned:
+        model = fine_tune(model, data.fine_tune_sets[seed], epochs=1, seed=seed, progress=False)
+    return model
+
+
+def _control(name, dense, rows, data, reference, seeds, tolerance, log):
+    """The train-small control row and its seed-0 model, or None without a width choice."""
+    candidates = [r for r in rows if "_model" in r and r["validation_within"]]
+    if not candidates:
+        log("  no width-pruning choice within tolerance on validation: no control")
+        return None
+    source = min(candidates, key=lambda r: r["params"])
+    factory = from_scratch_architecture(dense, source["_model"])
+    recipe = _recipe(name)
+    start = time.perf_counter()
+    models, correct = [], []
+    for s in seeds:
+        with seeded(s):
+            model = factory().to(model_device(dense))
+        train(model, data.train, recipe["epochs"], lr=recipe["lr"],
+              batch_size=recipe["batch_size"], seed=s, progress=False)
+        model = fine_tune(model, data.fine_tune_sets[s], epochs=1, seed=s, progress=False)
+        models.append(model)
+        correct.append(_correct(model, data.test, s))
+    label = f"from scratch (widths of {source['method']})"
+    row = _row(name, label, None, "widths", None, True, None, reference, correct, seeds,
+               tolerance)
+    params = count_params(models[0])
+    row.update({
+        "params": params,
+        "params_by_seed": [count_params(m) for m in models],
+        "widths": _widths(models[0]),
+        "validation_accuracy": evaluate(models[0], data.validation),
+        "settings_tried": 0,
+        "seconds": time.perf_counter() - start,
+    })
+    log(f"  {label}: {params:,} parameters, test drop {row['test_drop_points']:.2f} "
+        f"[{row['test_drop_ci95'][0]:.2f}, {row['test_drop_ci95'][1]:.2f}] points")
+    return row, models[0]
 
 
 def setting_of(row: Mapping, method: Method) -> float:
@@ -438,9 +686,11 @@ def retime_benchmark(
     """Time the choices of an earlier run again; return ``(table, layer result)``.
 
     ``meta`` is the content of that run's ``headline.json``. Every row's architecture is
-    rebuilt from the dense model with the recorded method and setting (and the same
-    calibration data), its parameter count is checked against the table, and dense and
-    pruned are timed interleaved at batch 1 and 256. Only the four timing columns change.
+    rebuilt from the dense model with the recorded method and setting (seed 0's
+    calibration data; a control row from its recorded widths), its parameter count is
+    checked against the table, and per network dense and every row are timed in one
+    interleaved call per batch size. Only the timing columns change, and
+    ``retime_ratio_b256`` becomes the new batch-256 speedup over the earlier one.
     """
     config = get_config()
     mode = "smoke" if config.smoke else "full"
@@ -454,47 +704,124 @@ def retime_benchmark(
     inputs = timing_inputs(data.test.tensors[0])
     rows = [dict(row) for row in meta["rows"]]
     dense_cache: dict[str, nn.Module] = dict(dense_models or {})
+    by_network: dict[str, list[tuple[dict, nn.Module]]] = {}
     for row in rows:
         name = row["model"]
-        method = get_method(row.get("method_key") or row["method"])
         if name not in dense_cache:
             if name not in NETWORKS:
                 raise ValueError(f"model must be one of {list(NETWORKS)}, got {name!r}")
             dense_cache[name] = trained_model(name, progress=False)
         dense = dense_cache[name]
-        pruned = method.prune(dense, setting_of(row, method),
-                              data=data.calibration if method.needs_data else None)
-        params = count_params(pruned, nonzero=method.sparse)
-        if params != row["params"]:
-            raise RuntimeError(
-                f"{name}, {method.label} at {method.knob}={row['setting']:g} rebuilt with "
-                f"{params:,} parameters but the table has {row['params']:,}: the results do "
-                "not come from these weights and data"
-            )
-        row.update(time_speedups(dense, pruned, inputs, num_threads))
-        log(f"  {name}, {method.label}: speedup b1 {row['speedup_b1']:.2f}x, "
-            f"b256 {row['speedup_b256']:.2f}x")
+        if "from scratch" in str(row["method"]):
+            model = _control_shape(row, dense)
+        else:
+            method = get_method(row.get("method_key") or row["method"])
+            model = method.prune(dense, setting_of(row, method),
+                                 data=data.calibration if method.needs_data else None,
+                                 generator=0 if method.randomized else None)
+            params = count_params(model, nonzero=method.sparse)
+            if params != row["params"]:
+                raise RuntimeError(
+                    f"{name}, {method.label} at {method.knob}={row['setting']:g} rebuilt with "
+                    f"{params:,} parameters but the table has {row['params']:,}: the results "
+                    "do not come from these weights and data"
+                )
+        by_network.setdefault(name, []).append((row, model))
+    for name, pairs in by_network.items():
+        log(f"  {name}: timing dense and {len(pairs)} models, interleaved")
+        timings = _time_rows(dense_cache[name], [m for _, m in pairs], inputs, num_threads,
+                             config.timing_seconds)
+        for (row, _), timing in zip(pairs, timings, strict=True):
+            before = row.get("speedup_b256")
+            row.update(timing)
+            row["retime_ratio_b256"] = (timing["speedup_b256"] / before) if before else None
+            log(f"    {row['method']}: speedup b1 {row['speedup_b1']:.2f}x, "
+                f"b256 {row['speedup_b256']:.2f}x")
     result = None if layer is None else _layer_benchmark(
         *layer, batch=256, num_threads=num_threads, seconds=config.timing_seconds,
         device=model_device(next(iter(dense_cache.values()))) if dense_cache else "cpu")
     return pd.DataFrame(rows), result
 
 
+def _control_shape(row: Mapping, dense: nn.Module) -> nn.Module:
+    """A fresh model with a control row's recorded widths (its timing needs no weights)."""
+    widths = list(row["widths"])
+    if isinstance(dense, SmallCNN):
+        channels, hidden = widths[:-2], widths[-2]
+        model = SmallCNN(channels=channels, hidden=hidden)
+    else:
+        model = copy.deepcopy(dense)
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if len(layers) != len(widths) or any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            raise ValueError(f"cannot rebuild the control {row['method']!r} from its widths")
+        slots = [(parent, child_name) for parent in model.modules()
+                 for child_name, child in parent.named_children() if isinstance(child, nn.Linear)]
+        fan_in = layers[0].in_features
+        for (parent, child_name), width in zip(slots, widths, strict=True):
+            setattr(parent, child_name, nn.Linear(fan_in, width))
+            fan_in = width
+    if _widths(model) != widths:
+        raise RuntimeError(f"the control {row['method']!r} rebuilt with widths "
+                           f"{_widths(model)}, not {widths}")
+    if count_params(model) != row["params"]:
+        raise RuntimeError(
+            f"{row['model']}, {row['method']} rebuilt with {count_params(model):,} parameters "
+            f"but the table has {row['params']:,}")
+    return model.to(model_device(dense))
+
+
 def _format(table: pd.DataFrame) -> str:
+    def interval(lo_hi) -> str:
+        return f"[{lo_hi[0]:.2f}, {lo_hi[1]:.2f}]"
+
     shown = table.assign(
-        dense_acc=(100 * table.dense_accuracy).map("{:.2f}".format),
-        pruned_acc=(100 * table.pruned_accuracy).map("{:.2f}".format),
+        test_acc=[f"{100 * a:.2f} {interval([100 * x for x in ci])}"
+                  for a, ci in zip(table.test_accuracy, table.test_accuracy_ci95, strict=True)],
+        drop=[f"{d:.2f} {interval(ci)}"
+              for d, ci in zip(table.test_drop_points, table.test_drop_ci95, strict=True)],
         params=table.param_ratio.map("{:.1f}x".format),
         flops=table.flop_ratio.map("{:.1f}x".format),
-        b1=table.speedup_b1.map("{:.2f}x".format),
-        b256=table.speedup_b256.map("{:.2f}x".format),
-        setting=[f"{p}={v:g}" + (" +ft" if ft else "") + ("" if ok else " (none within)")
+        b1=[f"{s:.2f}x {interval(q)}"
+            for s, q in zip(table.speedup_b1, table.speedup_b1_iqr, strict=True)],
+        b256=[f"{s:.2f}x {interval(q)}"
+              for s, q in zip(table.speedup_b256, table.speedup_b256_iqr, strict=True)],
+        setting=[("" if v is None or (isinstance(v, float) and math.isnan(v))
+                  else f"{p}={v:g}") + (" +ft" if ft else "") + ("" if ok else " (not within)")
                  for p, v, ft, ok in zip(table.parameter, table.setting, table.fine_tuned,
                                          table.within_tolerance, strict=True)],
     )
-    columns = ["model", "method", "setting", "dense_acc", "pruned_acc", "params", "flops",
-               "b1", "b256"]
+    columns = ["model", "method", "setting", "test_acc", "drop", "params", "flops", "b1",
+               "b256"]
     return shown[columns].to_string(index=False)
+
+
+def _protocol(args: argparse.Namespace, data: BenchmarkData) -> dict:
+    config = get_config()
+    return {
+        "selection": "validation",
+        "validation_images": len(data.validation),
+        "test_images": len(data.test),
+        "report": "test",
+        "tolerance": args.tolerance,
+        "within_tolerance": "the mean test drop over the seeds is at most the tolerance",
+        "reference": "dense for rows without fine-tuning; for fine-tuned rows (and the "
+                     "control) the dense model given the same epoch of fine-tuning on the "
+                     "same images",
+        "seeds": list(data.seeds),
+        "seed_meaning": "calibration sample, fine-tuning subset and order, sampling of "
+                        "randomized methods; the choice is made with seed 0",
+        "fine_tune_images": len(data.fine_tune),
+        "intervals": "test_accuracy_ci95: 95 % interval of the seed-averaged accuracy "
+                     "(Wilson for one model); test_drop_ci95: paired bootstrap over the test "
+                     "images, 2000 resamples",
+        "timing": {"rounds": TIMING_ROUNDS, "seconds_per_round": config.timing_seconds,
+                   "interleaved": "dense and every row of a network in one call per batch "
+                                  "size; speedup = median of the rounds' paired ratios, "
+                                  "iqr = [q1, q3] of them"},
+        "control": "from scratch: the widths of the most compressed width-pruning choice "
+                   "within tolerance on validation, trained on the training split for the "
+                   "dense recipe's epochs plus the same epoch of fine-tuning",
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -514,6 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         choices=["large-mlp", "small-cnn"])
     parser.add_argument("--methods", nargs="+", default=None,
                         help="only these methods (names as in the table)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the train-small control rows")
     parser.add_argument("--retime", action="store_true",
                         help="keep the choices in --out/headline.json and time them again")
     args = parser.parse_args(argv)
@@ -532,19 +861,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.retime:
         return _retime(out, args.threads)
 
-    load_start = _load_average()
+    machine = machine_record(args.threads)
     start = time.perf_counter()
+    data = load_benchmark_data(args.fine_tune_images or None)
     table, layer = run_benchmark(
         args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads,
-        fine_tune_images=args.fine_tune_images or None,
+        data=data, control=not args.no_control,
     )
     seconds = time.perf_counter() - start
+    after = machine_record(args.threads)
 
     _print_results(table, layer, "smoke" if config.smoke else "full", args.threads)
     print(f"Total time: {seconds:.0f} s")
 
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "headline.csv", index=False)
     meta = {
         "mode": "smoke" if config.smoke else "full",
         "dataset": "fashion-mnist",
@@ -552,32 +882,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tolerance": args.tolerance,
         "fine_tune_images": args.fine_tune_images or None,
         "seconds": seconds,
-        "load_average": {"start": load_start, "end": _load_average()},
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "protocol": _protocol(args, data),
+        "machine": {**machine, "load_before": machine["load_average"],
+                    "load_after": after["load_average"]},
         "layer": layer,
         "rows": table.to_dict(orient="records"),
     }
-    (out / "headline.json").write_text(json.dumps(meta, indent=2))
-    print(f"Wrote {out / 'headline.csv'} and {out / 'headline.json'}")
+    meta["machine"].pop("load_average")
+    _write(out, table, meta)
     return 0
 
 
-def _print_results(table: pd.DataFrame, layer: dict, mode: str, threads: int) -> None:
+def _write(out: Path, table: pd.DataFrame, meta: dict) -> None:
+    """``headline.csv`` and ``headline.json``, each written whole or not at all."""
+    with atomic_files(out / "headline.csv", out / "headline.json") as (csv, js):
+        table.to_csv(csv, index=False)
+        js.write_text(json.dumps(meta, indent=2, default=_plain))
+    print(f"Wrote {out / 'headline.csv'} and {out / 'headline.json'}")
+
+
+def _plain(value):
+    if isinstance(value, (bool,)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to json")
+
+
+def _print_results(table: pd.DataFrame, layer: dict | None, mode: str, threads: int) -> None:
     print()
-    print(f"Headline benchmark ({mode} mode, Fashion-MNIST, "
-          f"{threads} threads; accuracies on the report half of the test set, %):")
+    print(f"Headline benchmark ({mode} mode, Fashion-MNIST, {threads} threads; chosen on "
+          "validation; test accuracy and drop in points with 95 % intervals; speedups with "
+          "[q1, q3]):")
     print(_format(table))
-    print()
-    print(f"One {layer['layer']}, rank {layer['rank']} (r* = {layer['break_even_rank']:.1f}), "
-          f"batch {layer['batch']}: dense {layer['dense_ms']:.2f} ms, factorized "
-          f"{layer['factorized_ms']:.2f} ms, speedup {layer['speedup']:.2f}x "
-          f"(FLOP ratio {layer['flop_ratio']:.1f}x)")
+    if layer is not None:
+        print()
+        print(f"One {layer['layer']}, rank {layer['rank']} (r* = "
+              f"{layer['break_even_rank']:.1f}), batch {layer['batch']}: dense "
+              f"{layer['dense_ms']:.2f} ms, factorized {layer['factorized_ms']:.2f} ms, "
+              f"speedup {layer['speedup']:.2f}x (FLOP ratio {layer['flop_ratio']:.1f}x)")
 
 
-_TIMING_COLUMNS = ("speedup_b1", "speedup_b256", "dense_ms_b256", "pruned_ms_b256")
+_TIMING_COLUMNS = ("speedup_b1", "speedup_b256", "speedup_b1_iqr", "speedup_b256_iqr",
+                   "dense_ms_b256", "pruned_ms_b256")
 
 
 def _retime(out: Path, threads: int) -> int:
@@ -585,27 +932,37 @@ def _retime(out: Path, threads: int) -> int:
     path = out / "headline.json"
     if not path.is_file():
         raise SystemExit(f"--retime needs the results of a run: {path} does not exist")
-    meta = json.loads(path.read_text())
-    load_start = _load_average()
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(path, f"is not valid JSON ({exc})",
+                               "run the benchmark again without --retime") from exc
+    if "protocol" not in meta:
+        raise SystemExit(
+            f"{path} was written before the validation protocol (choices made on the test "
+            "set); run the benchmark again without --retime"
+        )
+    machine = machine_record(threads)
     start = time.perf_counter()
     table, layer = retime_benchmark(meta, num_threads=threads)
     seconds = time.perf_counter() - start
+    after = machine_record(threads)
     superseded = {
         "threads": meta["threads"],
-        "load_average": meta.get("load_average"),
-        "layer_speedup": meta["layer"]["speedup"],
+        "machine": meta.get("machine"),
+        "layer_speedup": (meta.get("layer") or {}).get("speedup"),
         "rows": [{"model": r["model"], "method": r["method"],
-                  **{c: r[c] for c in _TIMING_COLUMNS}} for r in meta["rows"]],
+                  **{c: r.get(c) for c in _TIMING_COLUMNS}} for r in meta["rows"]],
     }
     meta.setdefault("superseded_timings", []).append(superseded)
     meta.update(threads=threads, layer=layer, rows=table.to_dict(orient="records"))
-    meta["timing_run"] = {"seconds": seconds,
-                          "load_average": {"start": load_start, "end": _load_average()}}
+    meta["machine"] = {**machine, "load_before": machine["load_average"],
+                       "load_after": after["load_average"]}
+    meta["machine"].pop("load_average")
+    meta["timing_run"] = {"seconds": seconds}
     _print_results(table, layer, meta["mode"], threads)
     print(f"Timing took {seconds:.0f} s")
-    table.to_csv(out / "headline.csv", index=False)
-    path.write_text(json.dumps(meta, indent=2))
-    print(f"Rewrote {out / 'headline.csv'} and {path}")
+    _write(out, table, meta)
     return 0
 
 

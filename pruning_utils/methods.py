@@ -99,6 +99,10 @@ class Method:
     sparse:
         Whether the method zeroes weights in dense tensors (its size is counted as nonzero
         parameters).
+    shrinks_width:
+        Whether the pruned model is the same kind of network with fewer hidden units or
+        channels (a plain architecture that could also be trained from scratch: the
+        benchmark's train-small control takes its widths from such a method).
     """
 
     name: str
@@ -116,6 +120,7 @@ class Method:
     fit: Fit | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
     sparse: bool = False
+    shrinks_width: bool = False
 
     def __post_init__(self) -> None:
         for attribute in ("name", "label", "knob"):
@@ -300,17 +305,18 @@ for _method in (
     Method(
         "pca_weights", "PCA weights (Alg. 2)", "variance", _pca("weights"),
         keeps="energy of the centred weights kept", grid=_VARIANCES, color="#E69F00",
-        networks=("mlp",),
+        networks=("mlp",), shrinks_width=True,
     ),
     Method(
         "pca_activations", "PCA activations", "variance", _pca("activations"),
         keeps="variance of the hidden activations kept", needs_data=True, grid=_VARIANCES,
-        color="#D55E00", networks=("mlp",),
+        color="#D55E00", networks=("mlp",), shrinks_width=True,
     ),
     Method(
         "pca_interpolative", "PCA interpolative", "variance", _pca("interpolative"),
         keeps="energy of the (uncentred) hidden activations kept", needs_data=True,
         grid=_VARIANCES, color="#CC79A7", aliases=("PCA channels (interpolative)",),
+        shrinks_width=True,
     ),
     Method(
         "randomized", "randomized matmul", "samples", _randomized((nn.Linear,)),
@@ -327,7 +333,7 @@ for _method in (
         "l1_structured", "L1 structured (baseline)", "keep",
         lambda m, v, *, data=None, generator=None, **kw: l1_structured_prune(m, v, **kw),
         keeps="fraction of hidden units / filters kept", grid=_KEEP_L1, color="#8C510A",
-        aliases=("L1 units (baseline)", "L1 filters (baseline)"),
+        aliases=("L1 units (baseline)", "L1 filters (baseline)"), shrinks_width=True,
     ),
     Method(
         "low_rank_spatial", "low rank (spatial)", "energy", _low_rank_energy(scheme="spatial"),

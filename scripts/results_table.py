@@ -13,38 +13,58 @@ import sys
 from pathlib import Path
 
 
+def _pair(values, scale: float = 1.0) -> str:
+    return f"[{scale * values[0]:.2f}, {scale * values[1]:.2f}]"
+
+
 def markdown(meta: dict) -> str:
     """The rows of ``headline.json`` as a Markdown table, then the single-layer result."""
+    protocol = meta.get("protocol")
+    if protocol is None:
+        raise SystemExit("this results file predates the validation protocol; run the "
+                         "benchmark again (python -m pruning_utils.benchmark --out results)")
     lines = [
-        "| model | method | setting | fine-tuned | accuracy dense → pruned (%) "
-        "| params ÷ | FLOPs ÷ | speedup b1 | speedup b256 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | method | setting | fine-tuned | test accuracy (%) | drop vs reference (points) "
+        "| params ÷ | FLOPs ÷ | speedup b1 [q1, q3] | speedup b256 [q1, q3] | retimed ÷ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in meta["rows"]:
-        setting = "—" if row["setting"] is None else f"{row['parameter']} {row['setting']:g}"
+        if row.get("setting") is None or row["setting"] != row["setting"]:  # control: NaN/None
+            setting = "widths " + "-".join(str(w) for w in row["widths"][:-1])
+        else:
+            setting = f"{row['parameter']} {row['setting']:g}"
         if not row["within_tolerance"]:
-            setting += " (none within 1 pt)"
+            setting += " (not within 1 pt on test)"
+        retimed = row.get("retime_ratio_b256")
         lines.append(
             f"| {row['model']} | {row['method']} | {setting} "
             f"| {'yes' if row['fine_tuned'] else 'no'} "
-            f"| {100 * row['dense_accuracy']:.2f} → {100 * row['pruned_accuracy']:.2f} "
+            f"| {100 * row['test_accuracy']:.2f} {_pair(row['test_accuracy_ci95'], 100)} "
+            f"| {row['test_drop_points']:.2f} {_pair(row['test_drop_ci95'])} "
             f"| {row['param_ratio']:.1f} | {row['flop_ratio']:.1f} "
-            f"| {row['speedup_b1']:.2f}× | {row['speedup_b256']:.2f}× |"
+            f"| {row['speedup_b1']:.2f}× {_pair(row['speedup_b1_iqr'])} "
+            f"| {row['speedup_b256']:.2f}× {_pair(row['speedup_b256_iqr'])} "
+            f"| {'—' if retimed is None else f'{retimed:.2f}'} |"
         )
     layer = meta["layer"]
+    machine = meta["machine"]
     lines.append("")
     lines.append(
+        f"Chosen on {protocol['validation_images']:,} validation images, reported on "
+        f"{protocol['test_images']:,} test images, mean of seeds {protocol['seeds']}; "
+        "drop = reference − pruned (the reference is dense, or dense given the same epoch of "
+        "fine-tuning for fine-tuned rows and the control), 95 % paired bootstrap interval. "
         f"Single layer, {layer['layer']}, at rank {layer['rank']}, batch {layer['batch']}: "
         f"{layer['speedup']:.2f}× faster than dense (FLOP ratio {layer['flop_ratio']:.1f}×). "
-        f"{meta['mode'].capitalize()} run, {meta['threads']} threads, "
-        f"{meta['seconds'] / 60:.0f} minutes, torch {meta['torch']}."
+        f"{meta['mode'].capitalize()} run, {meta['seconds'] / 60:.0f} minutes; timings on "
+        f"{machine['cpu_model']}, {machine['threads']} threads, BLAS "
+        f"{machine['blas'].get('blas_info', '?')}, torch {machine['torch']}, load average "
+        f"{machine['load_before'][0]:.2f} before and {machine['load_after'][0]:.2f} after."
     )
-    timing = meta.get("timing_run")
-    if timing is not None:  # the speedups come from a later --retime run
-        load = timing["load_average"]["start"]
+    if meta.get("timing_run") is not None:
         lines[-1] += (
-            f" Speedups measured again with `--retime` ({timing['seconds'] / 60:.0f} minutes"
-            + (f", load average {load[0]:.2f} at the start" if load else "") + ")."
+            f" Speedups from the last of {len(meta.get('superseded_timings', []))} "
+            "`--retime` runs; 'retimed ÷' is its batch-256 speedup over the previous run's."
         )
     return "\n".join(lines)
 

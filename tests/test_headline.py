@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from pruning_utils import headline
 from pruning_utils.config import SMOKE_ENV
+from pruning_utils.files import CorruptFileError
 from pruning_utils.methods import METHODS, Method
 
 QUIET = {"log": lambda _: None}
@@ -46,8 +47,11 @@ def _toy_cnn(seed=0):
 
 @pytest.fixture
 def data():
-    test = _toy_data(96)
-    return headline.BenchmarkData(test, _toy_data(48, seed=1), _toy_data(32, seed=2).tensors[0])
+    return headline.BenchmarkData(
+        validation=_toy_data(60, seed=4), test=_toy_data(96), train=_toy_data(120, seed=5),
+        fine_tune_sets=tuple(_toy_data(48, seed=10 + s) for s in range(3)),
+        calibration_sets=tuple(_toy_data(32, seed=20 + s).tensors[0] for s in range(3)),
+    )
 
 
 @pytest.fixture
@@ -78,69 +82,66 @@ def test_run_writes_consistent_rows(smoke, data):
         dense_models={"toy-mlp": _toy_mlp(), "toy-cnn": _toy_cnn()}, data=data,
         layer=(32, 64, 4), num_threads=1, **QUIET,
     )
-    assert list(table.model) == ["toy-mlp"] * 3 + ["toy-cnn"] * 2  # low_rank_data: MLPs only
-    assert set(table.method_key) == {"l1_structured", "magnitude", "low_rank_data"}
+    methods = list(table.method_key)
+    assert list(table.model) == ["toy-mlp"] * 4 + ["toy-cnn"] * 3  # + one control each
+    assert methods[:3] == ["l1_structured", "magnitude", "low_rank_data"]
+    assert methods[4:6] == ["l1_structured", "magnitude"]  # low_rank_data: MLPs only
+    controls = table[table.method.str.contains("from scratch")]
+    assert len(controls) == 2 and set(controls.method) == {
+        "from scratch (widths of L1 structured (baseline))"}
     l1 = table[(table.model == "toy-mlp") & (table.method_key == "l1_structured")].iloc[0]
     magnitude = table[(table.model == "toy-mlp") & (table.method_key == "magnitude")].iloc[0]
     assert l1.parameter == "keep" and l1.param_ratio >= 1 and l1.flop_ratio >= 1
     assert magnitude.flop_ratio == pytest.approx(1.0)  # zeros in dense tensors
+    control = controls[controls.model == "toy-mlp"].iloc[0]
+    assert control.widths == l1.widths and control.params == l1.params  # the same shape
     for row in table.itertuples():
-        assert 0 <= row.pruned_accuracy <= 1 and row.speedup_b1 > 0 and row.speedup_b256 > 0
-        if row.within_tolerance:
+        assert 0 <= row.test_accuracy <= 1 and row.speedup_b1 > 0 and row.speedup_b256 > 0
+        lo, hi = row.test_accuracy_ci95
+        assert lo <= row.test_accuracy <= hi
+        lo, hi = row.test_drop_ci95
+        assert lo <= row.test_drop_points <= hi
+        assert row.within_tolerance == (row.test_drop_points <= 1.0 + 1e-9)
+        assert row.seeds == [0, 1, 2] and len(row.test_accuracy_by_seed) == 3
+        assert row.test_accuracy == pytest.approx(sum(row.test_accuracy_by_seed) / 3)
+        for q, s in ((row.speedup_b1_iqr, row.speedup_b1), (row.speedup_b256_iqr,
+                                                             row.speedup_b256)):
+            assert q[0] <= s <= q[1]
+        if row.validation_within and isinstance(row.method_key, str):
             method = METHODS[row.method_key]
             assert row.setting in headline._thin(method.grid, 3)
+    # a deterministic method without fine-tuning gives the same model for every seed
+    if not magnitude.fine_tuned:
+        assert len(set(magnitude.test_accuracy_by_seed)) == 1
     assert layer["rank"] == 4 and layer["flop_ratio"] == pytest.approx(32 * 64 / (4 * 96))
     assert layer["device"] == "cpu"  # where the networks are
 
 
-def test_an_outside_method_runs_under_the_protocol(smoke, data):
-    """A method defined outside the library is one Method; no private helper is needed."""
-    seen = []
+def test_fine_tuned_choices_are_held_to_the_fine_tuned_reference():
+    """A fine-tuned setting must come within tolerance of dense + the same epoch."""
+    data = _toy_data(64)
+    grid = (0.25, 0.5, 1.0)
+    method = Method("keep", "keep", "keep",
+                    lambda m, v, **k: __import__("pruning_utils").l1_structured_prune(m, v),
+                    grid=grid)
+    dense = _toy_mlp()
+    # dense_accuracy=2 fails every setting without fine-tuning; the reference of the
+    # fine-tuned pass decides alone
+    lenient = headline.find_setting(dense, method, data, None, dense_accuracy=2.0,
+                                    tuned_accuracy=0.0, tolerance=0.01, fine_tune_data=data,
+                                    **QUIET)
+    strict = headline.find_setting(dense, method, data, None, dense_accuracy=2.0,
+                                   tuned_accuracy=2.0, tolerance=0.01, fine_tune_data=data,
+                                   **QUIET)
+    assert lenient.within and lenient.value == grid[0] and lenient.fine_tuned
+    assert any(t.get("fine_tuned") for t in strict.tried)  # it tried, and nothing passed
+    assert not strict.within and strict.value == grid[-1]
 
-    def halve_hidden(model, keep, *, data=None, generator=None):
-        seen.append(keep)
-        from pruning_utils.surgery import l1_structured_prune
-        return l1_structured_prune(model, keep)
 
-    outside = Method("halve", "outside criterion", "keep", halve_hidden, grid=(0.25, 0.5, 1.0))
-    table, _ = headline.run_benchmark(
-        ["toy-mlp"], methods=[outside], dense_models={"toy-mlp": _toy_mlp()}, data=data,
-        layer=None, num_threads=1, **QUIET,
-    )
-    assert list(table.method) == ["outside criterion"] and seen
-
-
-def test_find_setting_bisects_and_survives_failing_settings():
-    x = torch.zeros(40, 4)
-    y = torch.arange(40) % 2
-    x[torch.arange(40), y] = 1.0
-    data = TensorDataset(x, y)
-
-    def scaled(value):
-        model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
-        with torch.no_grad():
-            model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
-            if value < 0.5:
-                model[1].weight.mul_(-1)
-        return model
-
-    grid = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    calls = []
-
-    def apply(model, value, *, data=None, generator=None):
-        calls.append(value)
-        if value == 0.4:
-            raise RuntimeError("this setting cannot be built")  # not a ValueError
-        return scaled(value)
-
-    method = Method("toy", "toy", "keep", apply, grid=grid, fine_tunable=False)
-    choice = headline.find_setting(scaled(1.0), method, data, x, dense_accuracy=1.0, **QUIET)
-    assert choice.value == 0.5 and choice.within and not choice.fine_tuned
-    assert len(calls) <= 4  # bisection, not a walk over the nine settings
-    never = Method("never", "never", "keep", lambda m, v, **k: scaled(0.0), grid=grid,
-                   fine_tunable=False)
-    choice = headline.find_setting(scaled(1.0), never, data, x, dense_accuracy=1.0, **QUIET)
-    assert not choice.within and choice.value == grid[-1]
+def _untimed(row, timing):
+    """The row without its timing columns, NaN (a missing value in the table) as None."""
+    return {k: None if isinstance(v, float) and v != v else v
+            for k, v in row.items() if k not in timing}
 
 
 def test_retime_keeps_choices_and_rejects_other_weights(smoke, data):
@@ -152,13 +153,19 @@ def test_retime_keeps_choices_and_rejects_other_weights(smoke, data):
     meta = {"mode": "smoke", "rows": table.to_dict(orient="records")}
     again, _ = headline.retime_benchmark(meta, dense_models=models, data=data, layer=None,
                                          num_threads=1, **QUIET)
-    timing = {"speedup_b1", "speedup_b256", "dense_ms_b256", "pruned_ms_b256"}
+    timing = {"speedup_b1", "speedup_b256", "speedup_b1_iqr", "speedup_b256_iqr",
+              "dense_ms_b256", "pruned_ms_b256", "retime_ratio_b256"}
     for old, new in zip(meta["rows"], again.to_dict(orient="records"), strict=True):
-        assert {k: v for k, v in old.items() if k not in timing} == {
-            k: v for k, v in new.items() if k not in timing}
-        assert all(new[c] > 0 for c in timing)
+        assert _untimed(old, timing) == _untimed(new, timing)
+        assert new["retime_ratio_b256"] == pytest.approx(
+            new["speedup_b256"] / old["speedup_b256"])
+    assert any("from scratch" in r["method"] for r in meta["rows"])
     with pytest.raises(RuntimeError, match="parameters but the table has"):
         headline.retime_benchmark({**meta, "rows": [{**meta["rows"][0], "params": 12345}]},
+                                  dense_models=models, data=data, layer=None, **QUIET)
+    control = next(r for r in meta["rows"] if "from scratch" in r["method"])
+    with pytest.raises(RuntimeError, match="parameters but the table has"):
+        headline.retime_benchmark({**meta, "rows": [{**control, "params": 12345}]},
                                   dense_models=models, data=data, layer=None, **QUIET)
     with pytest.raises(ValueError, match="current mode is 'smoke'"):
         headline.retime_benchmark({**meta, "mode": "full"}, data=data, **QUIET)
@@ -179,15 +186,29 @@ def test_command_line_writes_both_files(smoke, data, tmp_path, monkeypatch):
     assert headline.main(argv) == 0
     meta = json.loads((tmp_path / "headline.json").read_text())
     table = pd.read_csv(tmp_path / "headline.csv")
-    assert meta["mode"] == "smoke" and len(meta["rows"]) == 1 == len(table)
+    assert meta["mode"] == "smoke" and len(meta["rows"]) == 2 == len(table)  # + the control
+    assert meta["protocol"]["selection"] == "validation"
+    assert meta["protocol"]["validation_images"] == len(data.validation)
+    machine = meta["machine"]
+    assert {"cpu_model", "threads", "blas", "load_before", "load_after"} <= set(machine)
+    for row in meta["rows"]:
+        assert {"test_accuracy", "test_accuracy_ci95", "test_drop_points", "test_drop_ci95",
+                "seeds", "speedup_b1_iqr", "speedup_b256_iqr", "retime_ratio_b256"} <= set(row)
     assert headline.main(["--smoke", "--out", str(tmp_path), "--retime", "--threads", "1"]) == 0
     after = json.loads((tmp_path / "headline.json").read_text())
     assert after["superseded_timings"][0]["rows"][0]["speedup_b256"] == (
         meta["rows"][0]["speedup_b256"])
+    assert all(r["retime_ratio_b256"] > 0 for r in after["rows"])
 
 
 def test_retime_needs_earlier_results(smoke, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
+        headline.main(["--smoke", "--out", str(tmp_path), "--retime"])
+    (tmp_path / "headline.json").write_text('{"mode": "smoke", "rows": []}')
+    with pytest.raises(SystemExit, match="before the validation protocol"):
+        headline.main(["--smoke", "--out", str(tmp_path), "--retime"])
+    (tmp_path / "headline.json").write_text('{"mode": ')
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
         headline.main(["--smoke", "--out", str(tmp_path), "--retime"])
 
 
