@@ -71,7 +71,7 @@ def correct_predictions(
         inputs, labels = data
     elif hasattr(data, "tensors"):
         inputs, labels = data.tensors[:2]
-    elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+    elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
         items = [data[i] for i in range(len(data))]
         inputs = torch.stack([torch.as_tensor(x) for x, _ in items])
         labels = torch.as_tensor([int(y) for _, y in items])
@@ -133,7 +133,9 @@ def accuracy_interval(correct, level: float = 0.95) -> Interval:
         p = float(scores.mean())
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return Interval(p, max(0.0, centre - half), min(1.0, centre + half), level)
+        low, high = max(0.0, centre - half), min(1.0, centre + half)
+        # at k = 0 or k = n one end is the estimate itself; keep rounding from moving it
+        return Interval(p, 0.0 if p == 0.0 else low, 1.0 if p == 1.0 else high, level)
     per_image = scores.mean(dim=0)
     p = float(per_image.mean())
     half = z * float(per_image.std(unbiased=True)) / math.sqrt(n)

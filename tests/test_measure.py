@@ -117,6 +117,10 @@ def test_compare_latency_orders_a_big_and_a_small_model():
     assert table.loc["small", "speedup"] > 2.0  # 16 times fewer multiply-adds
     assert table.loc["big", "median_s"] > table.loc["small", "median_s"]
     assert (table["rounds"] == 3).all() and (table["batch_size"] == 32).all()
+    for name in ("big", "small"):  # the quartiles bracket the median of the paired ratios
+        q1, q3 = table.loc[name, ["speedup_q1", "speedup_q3"]]
+        assert q1 <= table.loc[name, "speedup"] <= q3
+        assert q3 - q1 == pytest.approx(table.loc[name, "speedup_iqr"])
     relative = compare_latency(
         {"big": big, "small": small}, x, reference="small", rounds=1, min_run_time=FAST
     )
@@ -316,3 +320,16 @@ def test_break_even_report_identifies_layers_by_class_not_name():
     assert rows["lookalike"].iloc[0]["break_even_rank"] == pytest.approx(r_channel)
     assert rows["real"].iloc[0]["break_even_rank"] == pytest.approx(r_spatial)
     assert rows["real"].iloc[0]["type"] == "Renamed" and rows["real"].iloc[0]["device"] == "cpu"
+
+
+def test_machine_record_names_what_a_timing_depends_on():
+    from pruning_utils.measure import machine_record
+
+    record = machine_record(1)
+    assert record["threads"] == 1 and record["cpu_count"] >= 1
+    assert isinstance(record["cpu_model"], str) and record["cpu_model"]
+    assert isinstance(record["blas"], dict) and record["torch"] == torch.__version__
+    load = record["load_average"]
+    assert load is None or (len(load) == 3 and all(v >= 0 for v in load))
+    with pytest.raises(ValueError, match="num_threads"):
+        machine_record(0)

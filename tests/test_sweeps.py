@@ -222,3 +222,17 @@ def test_summarize_bad_input():
         summarize([1, 2])
     with pytest.raises(ValueError, match="lacks"):
         summarize(pd.DataFrame({"accuracy": [0.5]}))
+
+
+def test_validation_accuracy_is_scored_next_to_test_accuracy(trained):
+    model, data = trained
+    val = TensorDataset(data.tensors[0][:90], data.tensors[1][:90])
+    df = sweep(model, zero_rows, [0.0, 1.0], test_data=data, val_data=val, batch_sizes=(),
+               progress=False)
+    assert list(df.columns[5:7]) == ["accuracy", "val_accuracy"]
+    for row, value in zip(df.itertuples(), [None, 0.0, 1.0], strict=True):
+        pruned = model if value is None else zero_rows(model, value)
+        assert row.val_accuracy == pytest.approx(evaluate(pruned, val))
+        assert row.accuracy == pytest.approx(evaluate(pruned, data))
+    without = sweep(model, zero_rows, [0.0], test_data=data, batch_sizes=(), progress=False)
+    assert "val_accuracy" not in without.columns
