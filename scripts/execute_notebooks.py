@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from nbclient import NotebookClient
 
 from pruning_utils.config import SMOKE_ENV, get_device
+from pruning_utils.measure import machine_record
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "results" / "execution.csv"
@@ -38,23 +38,10 @@ COLUMNS = ("chapter", "notebook", "mode", "seconds", "load_before", "load_after"
 KEY = ("notebook", "mode", "device")  # one row per chapter, mode and device
 
 
-def cpu_model() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux), or what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load_average() -> float | None:
     """The 1-minute load average, or None where the system does not report one."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
+    load = machine_record()["load_average"]
+    return None if load is None else load[0]
 
 
 def device_name() -> str:
@@ -123,7 +110,7 @@ def run_chapter(path: Path, *, smoke: bool, report: Path) -> dict[str, object]:
         "seconds": round(seconds, 1),
         "load_before": before,
         "load_after": load_average(),
-        "cpu": cpu_model(),
+        "cpu": machine_record()["cpu_model"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device": device_name(),

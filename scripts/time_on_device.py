@@ -57,9 +57,12 @@ def main() -> int:
     calibration = data.calibration.to(device)
     start = time.perf_counter()
     dense_models: dict[str, nn.Module] = {}
-    rows = []
+    rows, missing = [], []
     for row in meta["rows"]:
         name = row["model"]
+        if row.get("method_key") is None and "from scratch" in str(row["method"]):
+            missing.append(f"{name}, {row['method']} (trained from scratch, not pruned)")
+            continue
         if name not in dense_models:
             t = time.perf_counter()
             dense_models[name] = pu.trained_model(name, progress=False, device=device).eval()
@@ -98,6 +101,7 @@ def main() -> int:
                     "no fine-tuning (same shapes); interleaved timing, 5 rounds, median",
         "seconds": time.perf_counter() - start,
         "rows": rows,
+        "missing_rows": missing,
         "layer": {"layer": "2048x8192 Linear (random weights)", "rank": 128, "batch": 256,
                   "flop_ratio": 2048 * 8192 / (128 * (2048 + 8192)), **single},
     }
