@@ -319,3 +319,34 @@ def test_low_rank_layers_on_the_gpu(cuda):
     for cls, full in ((LowRankConv2d, 8), (SpatialLowRankConv2d, 9)):
         layer = cls.from_conv2d(conv, rank=full)
         torch.testing.assert_close(layer(xc), conv(xc), rtol=1e-4, atol=1e-4)
+
+
+def test_correct_predictions_and_intervals_of_a_gpu_model(cuda):
+    from pruning_utils.stats import accuracy_interval, correct_predictions
+    from pruning_utils.train import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).to(cuda)
+    x, y = torch.randn(70, 3, 4), torch.randint(0, 4, (70,))  # CPU data, GPU model
+    correct = correct_predictions(model, (x, y), batch_size=16)
+    assert correct.device.type == "cpu" and correct.shape == (70,)
+    assert torch.equal(correct, (model.cpu()(x).argmax(1) == y))
+    model.to(cuda)
+    assert float(correct.float().mean()) == pytest.approx(evaluate(model, (x, y)))
+    interval = accuracy_interval(correct)
+    assert interval.low <= interval.estimate <= interval.high
+
+
+def test_sweep_scores_validation_on_the_gpu(cuda):
+    from torch.utils.data import TensorDataset
+
+    from pruning_utils.sweeps import sweep
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 3)).to(cuda)
+    data = TensorDataset(torch.randn(60, 1, 4, 4), torch.arange(60) % 3)
+    val = TensorDataset(torch.randn(30, 1, 4, 4), torch.arange(30) % 3)
+    df = sweep(model, "l1_structured", [0.5, 1.0], test_data=data, val_data=val,
+               batch_sizes=(8,), rounds=1, min_run_time=FAST, progress=False)
+    assert df["val_accuracy"].between(0, 1).all() and df["speedup_b8"].gt(0).all()
+    assert (df["speedup_q1_b8"] <= df["speedup_b8"]).all()
