@@ -21,8 +21,7 @@ def markdown(meta: dict) -> str:
     """The rows of ``headline.json`` as a Markdown table, then the single-layer result."""
     protocol = meta.get("protocol")
     if protocol is None:
-        raise SystemExit("this results file predates the validation protocol; run the "
-                         "benchmark again (python -m pruning_utils.benchmark --out results)")
+        return markdown_before_validation(meta)
     lines = [
         "| model | method | setting | fine-tuned | test accuracy (%) | drop vs reference (points) "
         "| params ÷ | FLOPs ÷ | speedup b1 [q1, q3] | speedup b256 [q1, q3] | retimed ÷ |",
@@ -65,6 +64,43 @@ def markdown(meta: dict) -> str:
         lines[-1] += (
             f" Speedups from the last of {len(meta.get('superseded_timings', []))} "
             "`--retime` runs; 'retimed ÷' is its batch-256 speedup over the previous run's."
+        )
+    return "\n".join(lines)
+
+
+def markdown_before_validation(meta: dict) -> str:
+    """A ``headline.json`` written before the validation protocol (choices made on one half of
+    the test set, reported on the other half, one seed), as its Markdown table."""
+    lines = [
+        "| model | method | setting | fine-tuned | accuracy dense → pruned (%) "
+        "| params ÷ | FLOPs ÷ | speedup b1 | speedup b256 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in meta["rows"]:
+        setting = "—" if row["setting"] is None else f"{row['parameter']} {row['setting']:g}"
+        if not row["within_tolerance"]:
+            setting += " (none within 1 pt)"
+        lines.append(
+            f"| {row['model']} | {row['method']} | {setting} "
+            f"| {'yes' if row['fine_tuned'] else 'no'} "
+            f"| {100 * row['dense_accuracy']:.2f} → {100 * row['pruned_accuracy']:.2f} "
+            f"| {row['param_ratio']:.1f} | {row['flop_ratio']:.1f} "
+            f"| {row['speedup_b1']:.2f}× | {row['speedup_b256']:.2f}× |"
+        )
+    layer = meta["layer"]
+    lines.append("")
+    lines.append(
+        f"Single layer, {layer['layer']}, at rank {layer['rank']}, batch {layer['batch']}: "
+        f"{layer['speedup']:.2f}× faster than dense (FLOP ratio {layer['flop_ratio']:.1f}×). "
+        f"{meta['mode'].capitalize()} run, {meta['threads']} threads, "
+        f"{meta['seconds'] / 60:.0f} minutes, torch {meta['torch']}."
+    )
+    timing = meta.get("timing_run")
+    if timing is not None:  # the speedups come from a later --retime run
+        load = timing["load_average"]["start"]
+        lines[-1] += (
+            f" Speedups measured again with `--retime` ({timing['seconds'] / 60:.0f} minutes"
+            + (f", load average {load[0]:.2f} at the start" if load else "") + ")."
         )
     return "\n".join(lines)
 
