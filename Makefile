@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # html_static_path of _config.yml: the offline copy of MathJax goes to $(STATIC)/mathjax.
 STATIC := _build/static
 
-.PHONY: book test unit notebooks data install lint clean execute mathjax chromium check-book
+.PHONY: book test unit notebooks data install lint clean execute headline mathjax chromium check-book
 
 install: $(STAMP)
 
@@ -47,6 +47,13 @@ test: unit notebooks
 # the machine's load go to results/execution.csv (scripts/execute_notebooks.py --help).
 execute: $(STAMP) data
 	$(BIN)/python scripts/execute_notebooks.py
+
+# The headline benchmark in full mode (about an hour on 2 cores), then its timings measured twice
+# more (--retime), so that results/headline.json shows how far a timing moves between runs.
+headline: $(STAMP) data
+	$(BIN)/python -m pruning_utils.benchmark --out results
+	$(BIN)/python -m pruning_utils.benchmark --out results --retime
+	$(BIN)/python -m pruning_utils.benchmark --out results --retime
 
 lint: $(STAMP)
 	$(BIN)/ruff check pruning_utils tests scripts book/_ext
