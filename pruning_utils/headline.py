@@ -37,7 +37,9 @@ chosen architecture from the dense model (fine-tuning changes weights, not shape
 timing is the same), checks its parameter count against the table, and times it against
 the dense model. The json keeps the superseded speedups and the machine of both runs, and
 each row's ``retime_ratio_b256`` (new batch-256 speedup over the previous one): run
-``--retime`` twice to see how far a timing moves between two runs.
+``--retime`` twice to see how far a timing moves between two runs (``make headline`` does
+all three). Every finished row is also written to ``headline.partial.json`` in ``--out`` as
+soon as it is done; ``--resume`` continues an interrupted run from it.
 """
 
 from __future__ import annotations
@@ -506,6 +508,8 @@ def run_benchmark(
     data: BenchmarkData | None = None,
     layer: tuple[int, int, int] | None = (2048, 8192, 128),
     control: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[pd.DataFrame, dict | None]:
     """Run the benchmark and return ``(table, layer result)``; see the module docstring.
@@ -537,6 +541,14 @@ def run_benchmark(
         Add, per network, the train-small control: the architecture of the most compressed
         width-pruning choice within tolerance on validation, trained from scratch on the
         training split for the dense recipe's epochs plus the same epoch of fine-tuning.
+    checkpoint:
+        A json file that receives every finished row (without its timing) as soon as it is
+        done, written atomically, so that an interrupted run loses at most the row in hand.
+    resume:
+        Take the rows already in ``checkpoint`` (from a run with the same mode, tolerance,
+        seeds and data sizes) instead of computing them again; their architectures are
+        rebuilt from the dense model for the timing, and checked against the stored
+        parameter counts.
     log:
         Where progress lines go.
     """
@@ -545,6 +557,17 @@ def run_benchmark(
     data = load_benchmark_data(fine_tune_images) if data is None else data
     seeds = data.seeds
     inputs = timing_inputs(data.test.tensors[0])
+
+    run_key = {"mode": "smoke" if config.smoke else "full", "tolerance": tolerance,
+               "seeds": list(seeds), "validation_images": len(data.validation),
+               "test_images": len(data.test), "fine_tune_images": len(data.fine_tune)}
+    done = _read_checkpoint(checkpoint, run_key, log) if resume and checkpoint else {}
+    finished: list[dict] = []
+
+    def keep(row: dict) -> None:
+        finished.append({k: v for k, v in row.items() if k != "_model"})
+        if checkpoint is not None:
+            _write_json(Path(checkpoint), {"key": run_key, "rows": finished})
 
     rows: list[dict] = []
     for name in models:
@@ -562,6 +585,16 @@ def run_benchmark(
             f"{reference.tuned_val:.4f}), {dense_params:,} parameters, {dense_flops:,} FLOPs")
         network_rows, timed = [], []
         for method in method_list:
+            if (name, method.name) in done:
+                row = dict(done[(name, method.name)])
+                pruned = _rebuild(row, dense, data.calibration)
+                log(f"  {method.label}: taken from {checkpoint}")
+                keep(row)
+                network_rows.append(row)
+                timed.append(pruned)
+                if method.shrinks_width:
+                    row["_model"] = pruned
+                continue
             log(f"  {method.label}")
             start = time.perf_counter()
             choice = find_setting(
@@ -591,16 +624,24 @@ def run_benchmark(
             log(f"    chose {method.knob}={choice.value} (fine-tuned: {choice.fine_tuned}, "
                 f"validation: {choice.within}); test drop {row['test_drop_points']:.2f} "
                 f"[{row['test_drop_ci95'][0]:.2f}, {row['test_drop_ci95'][1]:.2f}] points")
+            keep(row)
             network_rows.append(row)
             timed.append(pruned)
             if method.shrinks_width:
                 row["_model"] = pruned
-        if control:
+        if control and (name, None) in done:
+            row = dict(done[(name, None)])
+            log(f"  {row['method']}: taken from {checkpoint}")
+            keep(row)
+            network_rows.append(row)
+            timed.append(_rebuild(row, dense, data.calibration))
+        elif control:
             made = _control(name, dense, network_rows, data, reference, seeds, tolerance, log)
             if made is not None:
                 row, model = made
                 row.update(param_ratio=dense_params / row["params"],
                            flop_ratio=dense_flops / count_flops(model, inputs[1]))
+                keep(row)
                 network_rows.append(row)
                 timed.append(model)
         for row in network_rows:
@@ -624,6 +665,55 @@ def _rerun(dense: nn.Module, method: Method, choice: Choice, data: BenchmarkData
                          generator=seed if method.randomized else None)
     if choice.fine_tuned:
         model = fine_tune(model, data.fine_tune_sets[seed], epochs=1, seed=seed, progress=False)
+    return model
+
+
+def _write_json(path: Path, content: dict) -> None:
+    with atomic_files(path) as (tmp,):
+        tmp.write_text(json.dumps(content, indent=1, default=_plain))
+
+
+def _read_checkpoint(path: str | Path, run_key: dict, log) -> dict:
+    """``{(model, method_key): row}`` from a checkpoint of a run like this one."""
+    path = Path(path)
+    if not path.is_file():
+        log(f"no checkpoint at {path}: starting from the first row")
+        return {}
+    try:
+        content = json.loads(path.read_text())
+        stored_key, stored_rows = content["key"], content["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CorruptFileError(path, f"is not a benchmark checkpoint ({exc})",
+                               "delete it and run without --resume") from exc
+    if stored_key != run_key:
+        raise ValueError(
+            f"the checkpoint {path} comes from another run ({stored_key}), not {run_key}; "
+            "run without --resume to start again"
+        )
+    return {(row["model"], row.get("method_key")): row for row in stored_rows}
+
+
+def _rebuild(row: Mapping, dense: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    """The seed-0 architecture of a results row, rebuilt from the dense model and checked.
+
+    A method row is pruned again at its setting (fine-tuning changes weights, not shapes);
+    a control row is built fresh from its recorded widths. Either way its parameter count
+    must be the table's, or the results do not come from these weights and data.
+    """
+    name = row["model"]
+    if "from scratch" in str(row["method"]):
+        return _control_shape(row, dense)
+    method = get_method(row.get("method_key") or row["method"])
+    model = method.prune(dense, setting_of(row, method),
+                         data=calibration if method.needs_data else None,
+                         generator=0 if method.randomized else None)
+    params = count_params(model, nonzero=method.sparse)
+    if params != row["params"]:
+        raise RuntimeError(
+            f"{name}, {method.label} at {method.knob}={row['setting']:g} rebuilt with "
+            f"{params:,} parameters but the table has {row['params']:,}: the results do not "
+            "come from these weights and data"
+        )
     return model
 
 
@@ -711,21 +801,7 @@ def retime_benchmark(
             if name not in NETWORKS:
                 raise ValueError(f"model must be one of {list(NETWORKS)}, got {name!r}")
             dense_cache[name] = trained_model(name, progress=False)
-        dense = dense_cache[name]
-        if "from scratch" in str(row["method"]):
-            model = _control_shape(row, dense)
-        else:
-            method = get_method(row.get("method_key") or row["method"])
-            model = method.prune(dense, setting_of(row, method),
-                                 data=data.calibration if method.needs_data else None,
-                                 generator=0 if method.randomized else None)
-            params = count_params(model, nonzero=method.sparse)
-            if params != row["params"]:
-                raise RuntimeError(
-                    f"{name}, {method.label} at {method.knob}={row['setting']:g} rebuilt with "
-                    f"{params:,} parameters but the table has {row['params']:,}: the results "
-                    "do not come from these weights and data"
-                )
+        model = _rebuild(row, dense_cache[name], data.calibration)
         by_network.setdefault(name, []).append((row, model))
     for name, pairs in by_network.items():
         log(f"  {name}: timing dense and {len(pairs)} models, interleaved")
@@ -843,6 +919,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only these methods (names as in the table)")
     parser.add_argument("--no-control", action="store_true",
                         help="skip the train-small control rows")
+    parser.add_argument("--resume", action="store_true",
+                        help="take the rows that --out/headline.partial.json already holds (an "
+                             "interrupted run's) instead of computing them again")
     parser.add_argument("--retime", action="store_true",
                         help="keep the choices in --out/headline.json and time them again")
     args = parser.parse_args(argv)
@@ -854,6 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tolerance must be in (0, 1)")
     if args.retime and args.methods is not None:
         parser.error("--retime times every row of the earlier run; drop --methods")
+    if args.retime and args.resume:
+        parser.error("--resume continues a run; --retime times a finished one: pick one")
     if args.smoke:
         os.environ[SMOKE_ENV] = "1"
     config = get_config()
@@ -866,7 +947,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_benchmark_data(args.fine_tune_images or None)
     table, layer = run_benchmark(
         args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads,
-        data=data, control=not args.no_control,
+        data=data, control=not args.no_control, resume=args.resume,
+        checkpoint=(out / "headline.partial.json"),
     )
     seconds = time.perf_counter() - start
     after = machine_record(args.threads)
@@ -890,6 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     meta["machine"].pop("load_average")
     _write(out, table, meta)
+    (out / "headline.partial.json").unlink(missing_ok=True)  # the run is whole now
     return 0
 
 

@@ -187,6 +187,7 @@ def test_command_line_writes_both_files(smoke, data, tmp_path, monkeypatch):
     meta = json.loads((tmp_path / "headline.json").read_text())
     table = pd.read_csv(tmp_path / "headline.csv")
     assert meta["mode"] == "smoke" and len(meta["rows"]) == 2 == len(table)  # + the control
+    assert not (tmp_path / "headline.partial.json").exists()  # removed once the run is whole
     assert meta["protocol"]["selection"] == "validation"
     assert meta["protocol"]["validation_images"] == len(data.validation)
     machine = meta["machine"]
@@ -215,6 +216,7 @@ def test_retime_needs_earlier_results(smoke, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--retime", "--methods", "magnitude (baseline)"], "drop --methods"),
     (["--threads", "0"], "--threads"),
+    (["--retime", "--resume"], "pick one"),
     (["--tolerance", "2"], "--tolerance"),
     (["--models", "resnet50"], "invalid choice"),
 ])
@@ -237,3 +239,42 @@ def test_single_layer_timing_runs_on_the_gpu():
     layer = headline._layer_benchmark(32, 64, 4, batch=8, num_threads=1, seconds=0.01,
                                       device="cuda")
     assert layer["device"].startswith("cuda") and layer["speedup"] > 0
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(smoke, data, tmp_path, monkeypatch):
+    models = {"toy-mlp": _toy_mlp()}
+    checkpoint = tmp_path / "headline.partial.json"
+    first, _ = headline.run_benchmark(
+        ["toy-mlp"], methods=["l1_structured", "pca_interpolative"], dense_models=models,
+        data=data, layer=None, num_threads=1, checkpoint=checkpoint, **QUIET,
+    )
+    stored = json.loads(checkpoint.read_text())
+    assert len(stored["rows"]) == 3 and "speedup_b256" not in stored["rows"][0]
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a resumed row must not be searched again")
+
+    monkeypatch.setattr(headline, "find_setting", no_search)
+    monkeypatch.setattr(headline, "_control", no_search)
+    again, _ = headline.run_benchmark(
+        ["toy-mlp"], methods=["l1_structured", "pca_interpolative"], dense_models=models,
+        data=data, layer=None, num_threads=1, checkpoint=checkpoint, resume=True, **QUIET,
+    )
+    timing = {"speedup_b1", "speedup_b256", "speedup_b1_iqr", "speedup_b256_iqr",
+              "dense_ms_b256", "pruned_ms_b256", "retime_ratio_b256"}
+    for old, new in zip(first.to_dict(orient="records"), again.to_dict(orient="records"),
+                        strict=True):
+        assert _untimed(old, timing) == _untimed(new, timing)
+        assert new["speedup_b256"] > 0
+    # a checkpoint of another run, or a damaged one, is refused with the way out
+    stored["key"]["tolerance"] = 0.05
+    checkpoint.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="run without --resume"):
+        headline.run_benchmark(["toy-mlp"], methods=["l1_structured"], dense_models=models,
+                               data=data, layer=None, checkpoint=checkpoint, resume=True,
+                               **QUIET)
+    checkpoint.write_text("{")
+    with pytest.raises(CorruptFileError, match="delete it"):
+        headline.run_benchmark(["toy-mlp"], methods=["l1_structured"], dense_models=models,
+                               data=data, layer=None, checkpoint=checkpoint, resume=True,
+                               **QUIET)
