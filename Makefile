@@ -48,7 +48,7 @@ test: unit notebooks
 execute: $(STAMP) data
 	$(BIN)/python scripts/execute_notebooks.py
 
-# The headline benchmark in full mode (about an hour on 2 cores), then its timings measured twice
+# The headline benchmark in full mode, then its timings measured twice
 # more (--retime), so that results/headline.json shows how far a timing moves between runs.
 headline: $(STAMP) data
 	$(BIN)/python -m pruning_utils.benchmark --out results
