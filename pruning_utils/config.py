@@ -4,8 +4,8 @@ Everything that differs between a quick test run and the full experiments of the
 book is read here, from environment variables, and nowhere else:
 
 ``PRUNING_BOOK_SMOKE``
-    ``1`` (or ``true``/``yes``/``on``) shrinks epochs, subset sizes and sweep grids
-    so that every notebook runs in a minute or two. Unset or ``0`` means full mode.
+    ``1`` (or ``true``/``yes``/``on``) shrinks epochs, subset sizes and sweep grids, and
+    builds the LargeMLP four times narrower, so that every notebook runs in a minute or two. Unset or ``0`` means full mode.
     Notebooks never set it; ``pytest --nbval notebooks/`` does (see ``conftest.py``).
 ``PRUNING_BOOK_DATA``
     The data root: where datasets are looked for first and where trained weights are
@@ -90,6 +90,11 @@ class RunConfig:
         Minimum measuring time per latency measurement, in seconds.
     batch_sizes:
         Batch sizes at which latency is measured.
+    large_mlp_widths:
+        Layer widths of the LargeMLP that :func:`~pruning_utils.train.trained_model` builds:
+        the original 784-128-512-2048-8192-2048-512-128-10 in full mode, every hidden width
+        divided by 4 in smoke mode (its float64 SVDs and 8192-wide covariances would
+        otherwise take most of a smoke run).
     """
 
     smoke: bool
@@ -103,6 +108,7 @@ class RunConfig:
     seeds: tuple[int, ...]
     timing_seconds: float
     batch_sizes: tuple[int, ...]
+    large_mlp_widths: tuple[int, ...]
 
     def pick(self, full: T, smoke: T) -> T:
         """Return ``smoke`` in smoke mode and ``full`` otherwise."""
@@ -120,6 +126,7 @@ _FULL = dict(
     seeds=(0, 1, 2, 3, 4),
     timing_seconds=1.0,
     batch_sizes=(1, 256),
+    large_mlp_widths=(784, 128, 512, 2048, 8192, 2048, 512, 128, 10),
 )
 _SMOKE = dict(
     train_subset=2048,
@@ -132,6 +139,7 @@ _SMOKE = dict(
     seeds=(0, 1),
     timing_seconds=0.05,
     batch_sizes=(1, 256),
+    large_mlp_widths=(784, 32, 128, 512, 2048, 512, 128, 32, 10),
 )
 
 

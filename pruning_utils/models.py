@@ -145,10 +145,15 @@ class LargeMLP(MLP):
     activation:
         ``"relu"`` (default), an ``nn.Module`` subclass, or ``None`` for the original
         purely linear stack.
+    widths:
+        Layer widths; default :data:`LARGE_MLP_WIDTHS`. Smoke mode builds the book's
+        LargeMLP with ``get_config().large_mlp_widths``, every hidden width divided by 4.
     """
 
-    def __init__(self, activation: ActivationArg = "relu") -> None:
-        super().__init__(LARGE_MLP_WIDTHS, activation=activation)
+    def __init__(
+        self, activation: ActivationArg = "relu", widths: Sequence[int] = LARGE_MLP_WIDTHS
+    ) -> None:
+        super().__init__(widths, activation=activation)
 
 
 class SmallCNN(_Sequential):

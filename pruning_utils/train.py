@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from pruning_utils.config import data_root, get_config, get_device
 from pruning_utils.files import CorruptFileError, atomic_files
-from pruning_utils.models import MODEL_NAMES, build_model
+from pruning_utils.models import LARGE_MLP_WIDTHS, MODEL_NAMES, build_model
 from pruning_utils.nnutils import eval_mode, model_device, seeded, to_model
 from pruning_utils.validation import (
     check_bool,
@@ -818,6 +818,8 @@ def trained_model(
         with :func:`evaluate`, which moves each batch to the model's device.
     **model_kwargs:
         Options of the model, e.g. ``activation=None`` for the original linear stacks.
+        ``"large-mlp"`` gets ``widths=get_config().large_mlp_widths`` unless given: the
+        original widths in full mode, every hidden width divided by 4 in smoke mode.
 
     Returns
     -------
@@ -825,6 +827,9 @@ def trained_model(
         The trained model in eval mode (see :func:`train_or_load`).
     """
     name = check_choice("name", name, list(BOOK_RECIPES))
+    widths = get_config().large_mlp_widths
+    if name == "large-mlp" and "widths" not in model_kwargs and widths != LARGE_MLP_WIDTHS:
+        model_kwargs["widths"] = widths  # smoke mode; the default widths keep their cache key
     return train_or_load(
         name,
         dataset,

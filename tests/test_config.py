@@ -143,3 +143,30 @@ def test_seeded_rejects_bad_seeds(seed, error):
 def test_seeded_rejects_bad_devices(device, error):
     with pytest.raises(error, match="device"), nnutils.seeded(0, device):
         pass
+
+
+def test_smoke_mode_narrows_the_large_mlp_and_keeps_the_full_cache_key(monkeypatch):
+    import importlib
+
+    models = importlib.import_module("pruning_utils.models")
+    train = importlib.import_module("pruning_utils.train")  # the module, not pu.train
+
+    calls = []
+    monkeypatch.setattr(train, "train_or_load", lambda name, *a, **kw: calls.append(kw) or name)
+    monkeypatch.setenv(config.SMOKE_ENV, "1")
+    smoke = config.get_config().large_mlp_widths
+    assert smoke[0] == 784 and smoke[-1] == 10
+    full_hidden = models.LARGE_MLP_WIDTHS[1:-1]
+    assert list(smoke[1:-1]) == [w // 4 for w in full_hidden]
+    train.trained_model("large-mlp", progress=False)
+    train.trained_model("large-mlp", widths=models.LARGE_MLP_WIDTHS, progress=False)
+    train.trained_model("simple-mlp", progress=False)
+    monkeypatch.setenv(config.SMOKE_ENV, "0")
+    assert config.get_config().large_mlp_widths == models.LARGE_MLP_WIDTHS
+    train.trained_model("large-mlp", progress=False)
+    assert calls[0]["model_kwargs"] == {"widths": smoke}
+    assert calls[1]["model_kwargs"] == {"widths": models.LARGE_MLP_WIDTHS}  # asked for: kept
+    assert calls[2]["model_kwargs"] == {}  # only the LargeMLP is narrowed
+    assert calls[3]["model_kwargs"] == {}  # full mode: the cache key the weights were saved under
+    net = models.build_model("large-mlp", widths=smoke)
+    assert net.widths == smoke and net.fc4.weight.shape == (smoke[4], smoke[3])
