@@ -1268,10 +1268,10 @@ class PivotedQR:
     rank ``k`` is read.
 
     ``PivotedQR(H)`` factors ``H P = Q R`` once (SciPy's LAPACK ``geqp3``, float64, on the
-    CPU; ``Q`` is not formed) and keeps ``R`` (``min(N, m) × m``) and the pivots, not
-    ``H``; ``interpolative(k)`` returns the same ``indices, T`` as
-    ``interpolative_decomposition(H, k)`` for every ``k`` in ``[1, m]``: the pivoting does
-    not depend on ``k``, only the triangular solve does.
+    CPU; ``Q`` is not formed) and keeps the pivots and the first ``ρ`` rows of ``R`` (``ρ``
+    the numerical rank, at most ``min(N, m)``), not ``H``; ``interpolative(k)`` returns
+    the same ``indices, T`` as ``interpolative_decomposition(H, k)`` for every ``k`` in
+    ``[1, m]``: the pivoting does not depend on ``k``, only the triangular solve does.
 
     Parameters
     ----------
@@ -1295,11 +1295,12 @@ class PivotedQR:
         self.dtype, self.device = H.dtype, H.device
         H64 = H.detach().to("cpu", torch.float64).numpy()
         R, perm = scipy.linalg.qr(H64, mode="r", pivoting=True)
-        self.R = np.ascontiguousarray(R[: min(N, m)])
-        self.perm = perm
-        diag = np.abs(np.diag(self.R))
+        diag = np.abs(np.diag(R[: min(N, m)]))
         threshold = max(N, m) * torch.finfo(H.dtype).eps * (diag[0] if diag.size else 0.0)
         self.numerical_rank = int(np.count_nonzero(diag > threshold))
+        # every solve reads only the first numerical_rank rows of R
+        self.R = np.ascontiguousarray(R[: self.numerical_rank])
+        self.perm = perm
 
     def interpolative(self, k: int) -> tuple[Tensor, Tensor]:
         """``indices`` (k,) and ``T`` (k × m) of :func:`interpolative_decomposition`."""

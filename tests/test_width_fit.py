@@ -162,15 +162,21 @@ def test_a_generator_is_read_not_advanced():
 
 
 class _Counter:
-    """Wraps a function or class of the width module and counts its calls."""
+    """Wraps a function or class of the width module and counts its calls, keeping the
+    number of columns of each call's first argument (a layer's units)."""
 
     def __init__(self, monkeypatch, name):
-        self.calls = 0
+        self.columns = []
         self.wrapped = getattr(width, name)
         monkeypatch.setattr(width, name, self)
 
+    @property
+    def calls(self):
+        return len(self.columns)
+
     def __call__(self, *args, **kwargs):
-        self.calls += 1
+        first = args[0] if args else None
+        self.columns.append(first.shape[-1] if isinstance(first, torch.Tensor) else None)
         return self.wrapped(*args, **kwargs)
 
 
@@ -179,7 +185,7 @@ def test_weights_take_one_svd_per_hidden_layer_for_all_settings(monkeypatch):
     fit = WidthFit(_mlp(), "weights")
     for variance in MLP_SETTINGS:
         fit.prune(variance)
-    assert svd.calls == 3  # fc1, fc2, fc3, whatever the widths before them
+    assert svd.columns == [12, 24, 20]  # fc1, fc2, fc3 once, whatever the widths before them
 
 
 @pytest.mark.parametrize(
@@ -197,6 +203,7 @@ def test_each_decomposition_is_taken_once_per_upstream_widths(monkeypatch, metho
     # the first layer's decomposition serves every setting: 1 + 2 deeper ones per setting
     assert len(fit._first.children) == len(variances)  # each keeps another width of fc1
     assert decompose.calls == 1 + 2 * len(variances)
+    assert sorted(decompose.columns) == [16] * 4 + [20] * 4 + [24]  # fc3, fc2 × 4; fc1 once
     for v in variances:  # a repeated setting decomposes nothing
         fit.prune(v)
     assert decompose.calls == 1 + 2 * len(variances)
