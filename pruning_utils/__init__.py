@@ -30,6 +30,8 @@ from pruning_utils.layers import (
 )
 from pruning_utils.linalg import (
     PCAResult,
+    PivotedQR,
+    PrincipalComponents,
     Spectrum,
     break_even_rank,
     conv2d_as_matmul,
@@ -101,6 +103,7 @@ from pruning_utils.surgery import (
     LayerChange,
     LowRankFit,
     PruningReport,
+    WidthFit,
     fold_batchnorm,
     l1_structured_prune,
     load_pruned,

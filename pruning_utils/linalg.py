@@ -694,6 +694,106 @@ class PCAResult:
         return Z.to(self.mean.dtype) @ self.components + self.mean
 
 
+def _check_samples(X: object) -> Tensor:
+    """A data matrix ``N × d`` (samples in rows) with ``N ≥ 2``."""
+    X = check_tensor("X", X, 2)
+    if X.shape[0] < 2:
+        raise ValueError(f"X must have at least 2 rows (samples), got shape {tuple(X.shape)}")
+    return X
+
+
+def _check_pca_setting(
+    variance: object, n_components: object, N: int, d: int
+) -> tuple[float | None, int | None]:
+    """At most one of ``variance`` (in (0, 1]) and ``n_components`` (in [1, min(N, d)])."""
+    if variance is not None and n_components is not None:
+        raise ValueError(
+            "give at most one of variance and n_components, "
+            f"got variance={variance!r} and n_components={n_components!r}"
+        )
+    if variance is not None:
+        variance = check_fraction("variance", variance)
+    if n_components is not None:
+        n_components = check_int("n_components", n_components, 1, min(N, d))
+    return variance, n_components
+
+
+class PrincipalComponents:
+    """Every principal component of ``X``, computed once and truncated at any setting.
+
+    ``PrincipalComponents(X)`` centres ``X`` (N × d) and takes the SVD ``X − μ = U Σ Vᵀ``
+    once (in ``compute_dtype``); ``result(variance=v)`` or ``result(n_components=k)`` then
+    returns the same :class:`PCAResult` as ``pca(X, variance=v)`` or
+    ``pca(X, n_components=k)``, for every setting without another SVD. It keeps the
+    ``min(N, d)`` components in X's dtype and the singular values, not ``X``.
+
+    Parameters
+    ----------
+    X:
+        Data ``N × d`` with ``N ≥ 2``.
+    compute_dtype:
+        Dtype of the SVD (default float64); ``None`` uses X's dtype (float32 for a
+        float16 or bfloat16 ``X``).
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> X = torch.randn(50, 2, generator=g) @ torch.randn(2, 6, generator=g)  # rank 2
+    >>> X = X + 0.01 * torch.randn(50, 6, generator=g)  # and a little noise
+    >>> components = PrincipalComponents(X)  # one SVD
+    >>> [components.result(variance=v).n_components for v in (0.5, 0.99, 1.0)]
+    [1, 2, 6]
+    >>> bool(torch.equal(components.result(variance=0.9).components,
+    ...                  pca(X, variance=0.9).components))
+    True
+    """
+
+    def __init__(self, X: Tensor, *, compute_dtype: torch.dtype | None = torch.float64) -> None:
+        X = _check_samples(X)
+        N, d = X.shape
+        dtype = _compute_dtype(X, compute_dtype)
+        Xc = X.detach().to(dtype)
+        mean = Xc.mean(dim=0)
+        _, S, Vh = torch.linalg.svd(Xc - mean, full_matrices=False)
+        # sign rule: the largest-magnitude entry of each component is positive
+        pivots = Vh.abs().argmax(dim=1)
+        signs = torch.sign(Vh.gather(1, pivots[:, None]))
+        signs[signs == 0] = 1
+        explained = S**2 / (N - 1)
+        total = explained.sum()
+        self.shape = (N, d)
+        self.dtype = X.dtype
+        self.singular_values = S
+        self.mean = mean.to(X.dtype)
+        self.components = (Vh * signs).to(X.dtype)  # all min(N, d), in X's dtype
+        self.explained_variance = explained
+        self.explained_variance_ratio = (
+            explained / total if float(total) > 0 else torch.zeros_like(explained)
+        )
+
+    def n_components_for(self, variance: float) -> int:
+        """The number of components ``pca(X, variance=variance)`` keeps."""
+        variance = check_fraction("variance", variance)
+        S = self.singular_values
+        return rank_for_energy(S, variance, rtol=S.numel() * torch.finfo(self.dtype).eps)
+
+    def result(self, variance: float | None = None, n_components: int | None = None) -> PCAResult:
+        """The :class:`PCAResult` of ``pca(X, variance=..., n_components=...)``."""
+        variance, n_components = _check_pca_setting(variance, n_components, *self.shape)
+        if variance is not None:
+            k = self.n_components_for(variance)
+        elif n_components is not None:
+            k = n_components
+        else:
+            k = self.singular_values.numel()
+        return PCAResult(  # copies: a caller may change the result in place
+            mean=self.mean.clone(),
+            components=self.components[:k].clone(),
+            explained_variance=self.explained_variance[:k].to(self.dtype, copy=True),
+            explained_variance_ratio=self.explained_variance_ratio[:k].to(self.dtype, copy=True),
+        )
+
+
 def pca(
     X: Tensor,
     variance: float | None = None,
@@ -706,7 +806,8 @@ def pca(
     Centre, ``X − μ = U Σ Vᵀ``; the components are the rows of ``Vᵀ`` and the explained
     variances ``σ_i² / (N − 1)``, as in scikit-learn's ``PCA(svd_solver="full")``.
     At most one of ``variance`` and ``n_components`` may be given; with neither, all
-    ``min(N, d)`` components are kept.
+    ``min(N, d)`` components are kept. To truncate one ``X`` at many settings, use
+    :class:`PrincipalComponents`, which takes the SVD once.
 
     Parameters
     ----------
@@ -732,46 +833,10 @@ def pca(
     >>> pca(X, n_components=1).components
     tensor([[0.7071, 0.7071]])
     """
-    X = check_tensor("X", X, 2)
-    N, d = X.shape
-    if N < 2:
-        raise ValueError(f"X must have at least 2 rows (samples), got shape {tuple(X.shape)}")
-    if variance is not None and n_components is not None:
-        raise ValueError(
-            "give at most one of variance and n_components, "
-            f"got variance={variance!r} and n_components={n_components!r}"
-        )
-    if variance is not None:
-        variance = check_fraction("variance", variance)
-    if n_components is not None:
-        n_components = check_int("n_components", n_components, 1, min(N, d))
-    dtype = _compute_dtype(X, compute_dtype)
-
-    Xc = X.detach().to(dtype)
-    mean = Xc.mean(dim=0)
-    _, S, Vh = torch.linalg.svd(Xc - mean, full_matrices=False)
-    # sign rule: the largest-magnitude entry of each component is positive
-    pivots = Vh.abs().argmax(dim=1)
-    signs = torch.sign(Vh.gather(1, pivots[:, None]))
-    signs[signs == 0] = 1
-    Vh = Vh * signs
-    explained = S**2 / (N - 1)
-    total = explained.sum()
-    ratio = explained / total if float(total) > 0 else torch.zeros_like(explained)
-
-    if variance is not None:
-        k = rank_for_energy(S, variance, rtol=S.numel() * torch.finfo(X.dtype).eps)
-    elif n_components is not None:
-        k = n_components
-    else:
-        k = S.numel()
-    out = X.dtype
-    return PCAResult(
-        mean=mean.to(out),
-        components=Vh[:k].to(out).contiguous(),
-        explained_variance=explained[:k].to(out).contiguous(),
-        explained_variance_ratio=ratio[:k].to(out).contiguous(),
-    )
+    X = _check_samples(X)
+    _check_pca_setting(variance, n_components, *X.shape)  # before the SVD
+    components = PrincipalComponents(X, compute_dtype=compute_dtype)
+    return components.result(variance=variance, n_components=n_components)
 
 
 # ---------------------------------------------------------------------------
@@ -1198,6 +1263,61 @@ def conv2d_as_matmul(
 # ---------------------------------------------------------------------------
 
 
+class PivotedQR:
+    """One column-pivoted QR of ``H``, from which the interpolative decomposition of any
+    rank ``k`` is read.
+
+    ``PivotedQR(H)`` factors ``H P = Q R`` once (SciPy's LAPACK ``geqp3``, float64, on the
+    CPU; ``Q`` is not formed) and keeps the pivots and the first ``ρ`` rows of ``R`` (``ρ``
+    the numerical rank, at most ``min(N, m)``), not ``H``; ``interpolative(k)`` returns
+    the same ``indices, T`` as ``interpolative_decomposition(H, k)`` for every ``k`` in
+    ``[1, m]``: the pivoting does not depend on ``k``, only the triangular solve does.
+
+    Parameters
+    ----------
+    H:
+        Matrix ``N × m``.
+
+    Examples
+    --------
+    >>> H = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
+    >>> qr = PivotedQR(H)
+    >>> indices, T = qr.interpolative(3)
+    >>> indices2, T2 = interpolative_decomposition(H, 3)
+    >>> bool(torch.equal(indices, indices2) and torch.equal(T, T2))
+    True
+    """
+
+    def __init__(self, H: Tensor) -> None:
+        H = check_tensor("H", H, 2)
+        N, m = H.shape
+        self.shape = (N, m)
+        self.dtype, self.device = H.dtype, H.device
+        H64 = H.detach().to("cpu", torch.float64).numpy()
+        R, perm = scipy.linalg.qr(H64, mode="r", pivoting=True)
+        diag = np.abs(np.diag(R[: min(N, m)]))
+        threshold = max(N, m) * torch.finfo(H.dtype).eps * (diag[0] if diag.size else 0.0)
+        self.numerical_rank = int(np.count_nonzero(diag > threshold))
+        # every solve reads only the first numerical_rank rows of R
+        self.R = np.ascontiguousarray(R[: self.numerical_rank])
+        self.perm = perm
+
+    def interpolative(self, k: int) -> tuple[Tensor, Tensor]:
+        """``indices`` (k,) and ``T`` (k × m) of :func:`interpolative_decomposition`."""
+        m = self.shape[1]
+        k = check_int("k", k, 1, m)
+        R, perm = self.R, self.perm
+        used = min(k, self.numerical_rank)
+        T_perm = np.zeros((k, m))
+        T_perm[:, :k] = np.eye(k)
+        if used > 0 and k < m:
+            T_perm[:used, k:] = scipy.linalg.solve_triangular(R[:used, :used], R[:used, k:])
+        T = np.empty_like(T_perm)
+        T[:, perm] = T_perm
+        indices = torch.from_numpy(perm[:k].astype(np.int64)).to(self.device)
+        return indices, torch.from_numpy(T).to(device=self.device, dtype=self.dtype)
+
+
 def interpolative_decomposition(H: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Select ``k`` columns of ``H`` that reproduce the others: ``H ≈ H[:, indices] @ T``.
 
@@ -1215,7 +1335,8 @@ def interpolative_decomposition(H: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     In width pruning (Chee et al. 2022), ``H`` (N × m) holds the activations of m hidden
     units on N calibration inputs: keep the units ``indices`` and fold ``T`` into the
-    next layer, ``W_next ← W_next Tᵀ``.
+    next layer, ``W_next ← W_next Tᵀ``. The pivoting does not depend on ``k``: for many
+    ``k`` of one ``H``, factor it once with :class:`PivotedQR`.
 
     Parameters
     ----------
@@ -1233,22 +1354,8 @@ def interpolative_decomposition(H: Tensor, k: int) -> tuple[Tensor, Tensor]:
         runs in float64 on the CPU (SciPy) whatever H's device and dtype.
     """
     H = check_tensor("H", H, 2)
-    N, m = H.shape
-    k = check_int("k", k, 1, m)
-    H64 = H.detach().to("cpu", torch.float64).numpy()
-    _, R, perm = scipy.linalg.qr(H64, mode="economic", pivoting=True)
-    diag = np.abs(np.diag(R))
-    threshold = max(N, m) * torch.finfo(H.dtype).eps * (diag[0] if diag.size else 0.0)
-    numerical_rank = int(np.count_nonzero(diag > threshold))
-    used = min(k, numerical_rank)
-    T_perm = np.zeros((k, m))
-    T_perm[:, :k] = np.eye(k)
-    if used > 0 and k < m:
-        T_perm[:used, k:] = scipy.linalg.solve_triangular(R[:used, :used], R[:used, k:])
-    T = np.empty_like(T_perm)
-    T[:, perm] = T_perm
-    indices = torch.from_numpy(perm[:k].astype(np.int64)).to(H.device)
-    return indices, torch.from_numpy(T).to(device=H.device, dtype=H.dtype)
+    k = check_int("k", k, 1, H.shape[1])  # before the factorization
+    return PivotedQR(H).interpolative(k)
 
 
 # ---------------------------------------------------------------------------

@@ -31,13 +31,14 @@ from torch import nn
 
 from pruning_utils.surgery import (
     LowRankFit,
+    WidthFit,
     l1_structured_prune,
     low_rank,
     magnitude_prune,
     pca_prune,
     randomize,
 )
-from pruning_utils.validation import check_real
+from pruning_utils.validation import check_real, is_int
 
 __all__ = [
     "Method",
@@ -92,8 +93,10 @@ class Method:
     fit:
         Optional ``fit(model, data, **options) -> prune(value, generator)``: the expensive part
         (decompositions, activation capture) done once per model and data, every setting
-        then a cheap truncation with results identical to ``apply``. Without it, every
-        setting calls ``apply``.
+        then a cheap truncation with results identical to ``apply``. For a greedy method
+        (the PCA width methods decompose each layer on the already pruned layers before
+        it), a layer's decomposition is shared by the settings that agree on the layers
+        before it. Without it, every setting calls ``apply``.
     aliases:
         Other labels that name this method (older result files).
     sparse:
@@ -277,6 +280,35 @@ def _pca(kind: str) -> Apply:
     return apply
 
 
+def _pca_fit(kind: str) -> Fit:
+    """``fit`` of a PCA method: one :class:`WidthFit` per seed of the row subset.
+
+    The fit for seed 0 (``apply``'s default) is made at once; another int seed gets its
+    own on first use, and a ``torch.Generator`` (whose state moves with every draw) is
+    passed to ``apply``.
+    """
+
+    def fit(model: nn.Module, data: Any, **options):
+        def make(seed: int) -> WidthFit:
+            if kind == "weights":  # no data and no draws, as in _pca
+                return WidthFit(model, kind, **options)
+            return WidthFit(model, kind, data=data, generator=seed, **options)
+
+        fits = {0: make(0)}  # validates the model and data, captures the inputs once
+
+        def prune(value, generator):
+            seed = 0 if generator is None or kind == "weights" else generator
+            if not is_int(seed):  # a torch.Generator: draws from its current state
+                return _pca(kind)(model, value, data=data, generator=seed, **options)
+            if seed not in fits:
+                fits[seed] = make(seed)
+            return fits[seed].prune(value)
+
+        return prune
+
+    return fit
+
+
 def _randomized(layers: tuple[type[nn.Module], ...]) -> Apply:
     return lambda m, v, *, data=None, generator=None, **kw: randomize(
         m, v, generator=generator, **{"layers": layers, **kw}
@@ -305,18 +337,18 @@ for _method in (
     Method(
         "pca_weights", "PCA weights (Alg. 2)", "variance", _pca("weights"),
         keeps="energy of the centred weights kept", grid=_VARIANCES, color="#E69F00",
-        networks=("mlp",), shrinks_width=True,
+        networks=("mlp",), fit=_pca_fit("weights"), shrinks_width=True,
     ),
     Method(
         "pca_activations", "PCA activations", "variance", _pca("activations"),
         keeps="variance of the hidden activations kept", needs_data=True, grid=_VARIANCES,
-        color="#D55E00", networks=("mlp",), shrinks_width=True,
+        color="#D55E00", networks=("mlp",), fit=_pca_fit("activations"), shrinks_width=True,
     ),
     Method(
         "pca_interpolative", "PCA interpolative", "variance", _pca("interpolative"),
         keeps="energy of the (uncentred) hidden activations kept", needs_data=True,
         grid=_VARIANCES, color="#CC79A7", aliases=("PCA channels (interpolative)",),
-        shrinks_width=True,
+        fit=_pca_fit("interpolative"), shrinks_width=True,
     ),
     Method(
         "randomized", "randomized matmul", "samples", _randomized((nn.Linear,)),

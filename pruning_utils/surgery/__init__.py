@@ -6,6 +6,8 @@
 ``pca_prune``              shrink hidden widths: the original Algorithm 2 (``"weights"``),
                            PCA of activations (Levin et al. 1993) or an interpolative
                            decomposition of activations (Chee et al. 2022)
+``WidthFit``               the decompositions behind ``pca_prune``, taken once, truncated at
+                           any setting
 ``randomize``              swap layers for sampled-product layers (Drineas et al. 2006)
 ``magnitude_prune``        baseline: zero the smallest weights (unstructured)
 ``l1_structured_prune``    baseline: drop the units / filters of smallest L1 norm (Li et al.)
@@ -29,7 +31,7 @@ from pruning_utils.surgery.io import load_pruned, save_pruned
 from pruning_utils.surgery.randomize import randomize
 from pruning_utils.surgery.report import LayerChange, PruningReport
 from pruning_utils.surgery.transform import LAYER_KINDS, SCHEMES, LayerKind, layer_kind
-from pruning_utils.surgery.width import PCA_METHODS, fold_batchnorm, pca_prune
+from pruning_utils.surgery.width import PCA_METHODS, WidthFit, fold_batchnorm, pca_prune
 
 __all__ = [
     "LayerChange",
@@ -37,6 +39,7 @@ __all__ = [
     "LowRankFit",
     "low_rank",
     "pca_prune",
+    "WidthFit",
     "randomize",
     "magnitude_prune",
     "l1_structured_prune",

@@ -14,7 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from pruning_utils.layers import LowRankLinear
-from pruning_utils.linalg import interpolative_decomposition, pca, rank_for_energy, truncated_svd
+from pruning_utils.linalg import (
+    PivotedQR,
+    PrincipalComponents,
+    rank_for_energy,
+    truncated_svd,
+)
 from pruning_utils.nnutils import batches, eval_mode, to_model
 from pruning_utils.surgery.report import LayerChange, count, layer_shape
 from pruning_utils.surgery.transform import per_layer_fractions, run_transform
@@ -41,7 +46,7 @@ from pruning_utils.validation import (
     check_model,
 )
 
-__all__ = ["PCA_METHODS", "pca_prune", "fold_batchnorm"]
+__all__ = ["PCA_METHODS", "WidthFit", "pca_prune", "fold_batchnorm"]
 
 #: Width-pruning methods understood by :func:`pca_prune`.
 PCA_METHODS: tuple[str, ...] = ("weights", "activations", "interpolative")
@@ -151,8 +156,6 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     )
 
 
-
-
 def pca_prune(
     model: nn.Sequential,
     variance: float | Sequence[float] | Mapping[str, float],
@@ -227,7 +230,8 @@ def pca_prune(
         says nothing about it.
 
     Each hidden layer is decomposed on the outputs of the already pruned layers before
-    it (greedy, layer by layer).
+    it (greedy, layer by layer). ``pca_prune`` is one :class:`WidthFit` pruned once; to
+    prune one model at many settings, make the fit once and call its ``prune`` for each.
 
     Parameters
     ----------
@@ -251,56 +255,286 @@ def pca_prune(
     generator:
         Draws the row subset for convolutions: an int seed (default 0, reproducible), a
         ``torch.Generator`` (the subset is drawn on its device), or ``None`` for torch's
-        global generator.
+        global generator. A generator is read, not advanced: the rows are drawn from a
+        copy of its state.
 
     Returns
     -------
     nn.Sequential
         The pruned model, with ``pruning_report``.
     """
-    check_model(model)
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(
-            "model must be an nn.Sequential chain (e.g. Flatten, Linear, ReLU, ..., Linear), "
-            f"got {type(model).__name__}; build the chain as an nn.Sequential to prune its widths"
-        )
-    method = check_choice("method", method, PCA_METHODS)
-    bad_data = isinstance(data, (str, bytes)) or not isinstance(data, (Tensor, Iterable))
-    if data is not None and bad_data:
-        raise TypeError(
-            "data must be a tensor of inputs or an iterable of batches (a DataLoader), "
-            f"got {type(data).__name__}"
-        )
-    if method != "weights" and data is None:
-        raise ValueError(
-            f"data is required for method={method!r}: calibration inputs (a tensor or a "
-            "DataLoader) whose activations are decomposed"
-        )
     check_bool("inplace", inplace)
-    max_rows = check_int("max_rows", max_rows)
+    fit = WidthFit(model, method, data=data, generator=generator, max_rows=max_rows)
+    return fit.prune(variance, inplace=inplace)
 
-    kinds = (nn.Linear, nn.Conv2d) if method == "interpolative" else (nn.Linear,)
-    check_not_shared(model, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d), "pca_prune")
-    chain = leaves(model)
-    positions = [i for i, leaf in enumerate(chain) if isinstance(leaf.module, kinds)]
-    if len(positions) < 2:
-        what = "nn.Linear / nn.Conv2d" if method == "interpolative" else "nn.Linear"
-        raise ValueError(
-            f"model has no hidden layer to prune: {what} layers found: {len(positions)} "
-            "(a hidden layer sits between two of them)"
-        )
-    check_weights([(chain[pos].path, chain[pos].module) for pos in positions])
-    for pos in positions:
-        layer = chain[pos].module
-        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-            raise ValueError(
-                f"{chain[pos].path} is a grouped convolution (groups={layer.groups}); "
-                "its channels cannot be pruned"
+
+class WidthFit:
+    """The decompositions behind :func:`pca_prune` for one model and calibration data.
+
+    ``fit = WidthFit(model, method, data=calibration)`` validates the model and the data
+    as :func:`pca_prune` does and captures the inputs of the first layer of the chain;
+    ``fit.prune(variance)`` returns the same model as ``pca_prune(model, variance,
+    method, data=calibration, ...)`` with the same arguments (the same modules, weights
+    equal bit for bit, the same report), decomposing only what no earlier setting has.
+
+    Each hidden layer is decomposed on the outputs of the pruned layers before it, so its
+    decomposition depends on the setting only through the widths chosen upstream. The fit
+    keeps, per hidden layer and per choice of those widths, the layer's inputs on the
+    calibration data and the decomposition every width is a truncation of:
+
+    * ``"weights"``: the SVD of the centred ``W_i``, which depends on ``W_i`` alone (one per
+      layer for all settings);
+    * ``"activations"``: every principal component of the hidden representation
+      (:class:`~pruning_utils.linalg.PrincipalComponents`);
+    * ``"interpolative"``: its singular values and one column-pivoted QR
+      (:class:`~pruning_utils.linalg.PivotedQR`), which gives the interpolative
+      decomposition for every ``k``.
+
+    The activations themselves are dropped once decomposed. The first layer's
+    decomposition serves every setting; a deeper layer's serves the settings that agree
+    on the widths before it. Memory grows with the number of distinct upstream widths
+    met: per hidden layer of ``m`` units, the decomposition holds about ``min(N, m) · m``
+    numbers (float64 for ``"interpolative"``, the model's dtype for ``"activations"``)
+    for ``N`` calibration rows.
+
+    Parameters
+    ----------
+    model:
+        An ``nn.Sequential`` chain, as for :func:`pca_prune`; never modified (unless
+        ``prune(..., inplace=True)``), and it must not change while the fit is used.
+    method:
+        ``"weights"``, ``"activations"`` or ``"interpolative"``.
+    data:
+        Calibration inputs for ``"activations"`` and ``"interpolative"`` (a tensor or an
+        iterable of batches); captured once, here.
+    generator:
+        Draws the row subset of a convolution's activation matrix: an int seed (default
+        0), a ``torch.Generator`` or ``None`` (torch's global generator). A generator is
+        read, not advanced: every setting draws from a copy of its state at this call,
+        so each setting draws the rows :func:`pca_prune` would draw from that state.
+    max_rows:
+        Most rows of a convolution's activation matrix used by the decomposition.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+    ...                     nn.Linear(32, 10))
+    >>> X = torch.randn(256, 20)
+    >>> fit = WidthFit(net, "interpolative", data=X)  # captures the calibration inputs
+    >>> small, large = (fit.prune(v) for v in (0.9, 0.99))  # the first layer factored once
+    >>> small[0].out_features < large[0].out_features
+    True
+    >>> scratch = pca_prune(net, 0.9, method="interpolative", data=X)
+    >>> all(torch.equal(a, b) for a, b in zip(small.state_dict().values(),
+    ...                                        scratch.state_dict().values()))
+    True
+    """
+
+    def __init__(
+        self,
+        model: nn.Sequential,
+        method: str = "weights",
+        *,
+        data: Tensor | Iterable | None = None,
+        generator: torch.Generator | int | None = 0,
+        max_rows: int = 16384,
+    ) -> None:
+        check_model(model)
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(
+                "model must be an nn.Sequential chain (e.g. Flatten, Linear, ReLU, ..., Linear), "
+                f"got {type(model).__name__}; build the chain as an nn.Sequential to prune its "
+                "widths"
             )
-    hidden = [chain[pos].path for pos in positions[:-1]]
-    variances = per_layer_fractions("variance", variance, hidden)
+        method = check_choice("method", method, PCA_METHODS)
+        bad_data = isinstance(data, (str, bytes)) or not isinstance(data, (Tensor, Iterable))
+        if data is not None and bad_data:
+            raise TypeError(
+                "data must be a tensor of inputs or an iterable of batches (a DataLoader), "
+                f"got {type(data).__name__}"
+            )
+        if method != "weights" and data is None:
+            raise ValueError(
+                f"data is required for method={method!r}: calibration inputs (a tensor or a "
+                "DataLoader) whose activations are decomposed"
+            )
+        max_rows = check_int("max_rows", max_rows)
 
-    # validate the segments on the original (BatchNorm directly after a layer is foldable)
+        kinds = (nn.Linear, nn.Conv2d) if method == "interpolative" else (nn.Linear,)
+        check_not_shared(
+            model, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d), "pca_prune"
+        )
+        chain = leaves(model)
+        positions = [i for i, leaf in enumerate(chain) if isinstance(leaf.module, kinds)]
+        if len(positions) < 2:
+            what = "nn.Linear / nn.Conv2d" if method == "interpolative" else "nn.Linear"
+            raise ValueError(
+                f"model has no hidden layer to prune: {what} layers found: {len(positions)} "
+                "(a hidden layer sits between two of them)"
+            )
+        check_weights([(chain[pos].path, chain[pos].module) for pos in positions])
+        for pos in positions:
+            layer = chain[pos].module
+            if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+                raise ValueError(
+                    f"{chain[pos].path} is a grouped convolution (groups={layer.groups}); "
+                    "its channels cannot be pruned"
+                )
+        _check_segments(chain, positions)
+
+        # calibration inputs of the first layer, from the (untouched) modules before it
+        X = None if method == "weights" else _calibration_inputs(model, chain, positions[0], data)
+        # draws the rows of a convolution's activation matrix: every setting draws from a
+        # copy of this state, so the generator given is read, not advanced
+        rows = check_generator(generator)
+        rows = _copy_generator(torch.default_generator if rows is None else rows)
+
+        self.model: nn.Sequential | None = model
+        self.method = method
+        self.max_rows = max_rows
+        self.data_aware = data is not None
+        #: Paths of the layers producing the hidden outputs, in order (the names a dict
+        #: ``variance`` uses).
+        self.hidden: list[str] = [chain[pos].path for pos in positions[:-1]]
+        self._kinds = kinds
+        self._positions = positions
+        self._weight_svds: dict[int, tuple[Tensor, Tensor]] = {}
+        self._first: _Prefix | None = None if X is None else _Prefix(X, rows)
+
+    def prune(
+        self,
+        variance: float | Sequence[float] | Mapping[str, float],
+        *,
+        inplace: bool = False,
+    ) -> nn.Sequential:
+        """The pruned model at one setting (see :func:`pca_prune` for ``variance``).
+
+        Parameters
+        ----------
+        variance:
+            Fraction in ``(0, 1]``; or a list with one value per hidden layer; or a dict
+            ``{name of the layer producing the hidden output: fraction}``.
+        inplace:
+            Prune the fitted model itself; the fit cannot prune again afterwards.
+
+        Returns
+        -------
+        nn.Sequential
+            The pruned model, with ``pruning_report``.
+        """
+        if self.model is None:
+            raise RuntimeError(
+                "this WidthFit pruned its model in place (inplace=True) and holds no model "
+                "any more; make a new WidthFit of the model to prune it again"
+            )
+        variances = per_layer_fractions("variance", variance, self.hidden)
+        check_bool("inplace", inplace)
+        positions = self._positions
+
+        def body(work: nn.Module, report) -> None:
+            chain = leaves(work)
+            before_rows = {
+                chain[p].path: (layer_shape(chain[p].module), count(chain[p].module))
+                for p in positions
+            }
+            for a, b in zip(positions, positions[1:], strict=False):
+                if a + 1 < b and foldable(chain[a].module, chain[a + 1].module):
+                    fold_into(chain[a].module, chain[a + 1].module)
+                    chain[a + 1].replace(nn.Identity())
+            changes: dict[str, tuple[str, int | None, str]] = {}
+            if self.method == "weights":
+                _prune_weights(chain, positions, variances, changes, self._weight_svds)
+            else:
+                with eval_mode(work), torch.no_grad():
+                    if self.method == "activations":
+                        _prune_activations(chain, positions, variances, self._first, changes)
+                    else:
+                        _prune_interpolative(
+                            chain, positions, variances, self._first, changes, self.max_rows
+                        )
+            for pos in positions:
+                leaf = chain[pos]
+                old_shape, old_count = before_rows[leaf.path]
+                kind, width, note = changes.get(leaf.path, ("kept", None, ""))
+                report.layers.append(
+                    LayerChange(
+                        leaf.path,
+                        kind,
+                        old_shape,
+                        layer_shape(leaf.module),
+                        old_count,
+                        count(leaf.module),
+                        width=width,
+                        skipped=kind == "kept",
+                        note=note,
+                    )
+                )
+
+        settings = dict(
+            variance=variance if not isinstance(variance, Mapping) else dict(variance),
+            method=self.method,
+            data_aware=self.data_aware,
+        )
+        model = self.model
+        if inplace:  # the model changes: nothing later could be decomposed from it
+            self.model = None
+        return run_transform(
+            "pca_prune", model, settings, body, inplace=inplace, kinds=self._kinds
+        )
+
+
+def _copy_generator(generator: torch.Generator) -> torch.Generator:
+    """A new generator on ``generator``'s device in its current state."""
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
+class _Prefix:
+    """One hidden layer on the calibration data, for one choice of the widths before it.
+
+    ``inputs`` is what the layer producing the hidden output receives; ``decomposition``
+    is the hidden output's, taken when a setting first needs it (the output itself is not
+    kept); ``children`` are the next hidden layer's prefixes by the width chosen here
+    (``None``: this layer left alone), and ``outputs`` the next layer's inputs while this
+    layer is not narrowed, which such children share. ``rows`` is the row-subset
+    generator in the state before this layer draws (only copies of it draw) and
+    ``rows_after`` the one that drew.
+    """
+
+    __slots__ = ("inputs", "outputs", "rows", "rows_after", "decomposition", "children")
+
+    def __init__(self, inputs: Tensor, rows: torch.Generator) -> None:
+        self.inputs = inputs
+        self.outputs: Tensor | None = None
+        self.rows = rows
+        self.rows_after = rows
+        self.decomposition = None
+        self.children: dict[int | None, _Prefix] = {}
+
+    def child(
+        self, width: int | None, layers: Sequence[nn.Module], *, narrowed: bool
+    ) -> _Prefix:
+        """The next layer's prefix: this one's inputs through ``layers`` (computed once).
+
+        ``narrowed`` says whether the first of ``layers`` was pruned at ``width``; when it
+        was not, the outputs are the same for every width and computed once for all.
+        """
+        if width not in self.children:
+            if narrowed:
+                outputs = forward_chain(layers, self.inputs)
+            else:
+                if self.outputs is None:
+                    self.outputs = forward_chain(layers, self.inputs)
+                outputs = self.outputs
+            rows = self.rows if width is None else self.rows_after
+            self.children[width] = _Prefix(outputs, rows)
+        return self.children[width]
+
+
+def _check_segments(chain: list[Leaf], positions: list[int]) -> None:
+    """Validate the segments on the original (BatchNorm directly after a layer is foldable)."""
     for a, b in zip(positions, positions[1:], strict=False):
         between = chain[a + 1 : b]
         if between and foldable(chain[a].module, between[0].module):
@@ -311,54 +545,6 @@ def pca_prune(
                 )
             between = between[1:]
         check_between(chain[a], chain[b], between)
-
-    # calibration inputs of the first layer, from the (untouched) modules before it
-    X = None if method == "weights" else _calibration_inputs(model, chain, positions[0], data)
-    gen = check_generator(generator)  # draws the rows of a convolution's activation matrix
-
-    def body(work: nn.Module, report) -> None:
-        chain = leaves(work)
-        before_rows = {
-            chain[p].path: (layer_shape(chain[p].module), count(chain[p].module))
-            for p in positions
-        }
-        for a, b in zip(positions, positions[1:], strict=False):
-            if a + 1 < b and foldable(chain[a].module, chain[a + 1].module):
-                fold_into(chain[a].module, chain[a + 1].module)
-                chain[a + 1].replace(nn.Identity())
-        changes: dict[str, tuple[str, int | None, str]] = {}
-        if method == "weights":
-            _prune_weights(chain, positions, variances, changes)
-        else:
-            with eval_mode(work), torch.no_grad():
-                if method == "activations":
-                    _prune_activations(chain, positions, variances, X, changes)
-                else:
-                    _prune_interpolative(chain, positions, variances, X, changes, max_rows, gen)
-        for pos in positions:
-            leaf = chain[pos]
-            old_shape, old_count = before_rows[leaf.path]
-            kind, width, note = changes.get(leaf.path, ("kept", None, ""))
-            report.layers.append(
-                LayerChange(
-                    leaf.path,
-                    kind,
-                    old_shape,
-                    layer_shape(leaf.module),
-                    old_count,
-                    count(leaf.module),
-                    width=width,
-                    skipped=kind == "kept",
-                    note=note,
-                )
-            )
-
-    settings = dict(
-        variance=variance if not isinstance(variance, Mapping) else dict(variance),
-        method=method,
-        data_aware=data is not None,
-    )
-    return run_transform("pca_prune", model, settings, body, inplace=inplace, kinds=kinds)
 
 
 def _calibration_inputs(
@@ -410,8 +596,13 @@ def _prune_weights(
     positions: list[int],
     variances: list[float | None],
     changes: dict,
+    svds: dict[int, tuple[Tensor, Tensor]],
 ) -> None:
-    """The original Algorithm 2 on the Linear chain."""
+    """The original Algorithm 2 on the Linear chain.
+
+    ``svds`` holds ``U, S`` of each hidden layer's centred weight by its index in the
+    chain, taken on first use and reused by every later call.
+    """
     P_prev: Tensor | None = None  # previous layer's P′ (m_{i-1} × j_{i-1})
     for idx, pos in enumerate(positions):
         leaf = leaves[pos]
@@ -425,8 +616,11 @@ def _prune_weights(
                 _record(changes, leaf.path, "input_folded", None, note)
             P_prev = None
             continue
-        Wc = W - W.mean(dim=0, keepdim=True)  # centre the columns (mean over output units)
-        U, S, _ = truncated_svd(Wc, min(Wc.shape))
+        if idx not in svds:  # depends on W_i alone, not on the layers before
+            Wc = W - W.mean(dim=0, keepdim=True)  # centre the columns (mean over output units)
+            U, S, _ = truncated_svd(Wc, min(Wc.shape))
+            svds[idx] = (U, S)
+        U, S = svds[idx]
         j = rank_for_energy(S, variances[idx])  # 1 when W_c = 0
         P = U[:, :j]  # m_i × j
         leaf.replace(new_linear(P.T @ W_in, P.T @ b if layer.bias is not None else None, layer))
@@ -434,30 +628,40 @@ def _prune_weights(
         P_prev = P
 
 
+def _principal_components(H: Tensor, path: str) -> PrincipalComponents:
+    """Every principal component of the hidden representation ``H`` after layer ``path``."""
+    try:
+        return PrincipalComponents(H.reshape(-1, H.shape[-1]))
+    except ValueError as err:
+        raise ValueError(f"data: the activations after layer {path!r}: {err}") from err
+
+
 def _prune_activations(
     leaves: list[Leaf],
     positions: list[int],
     variances: list[float | None],
-    X: Tensor,
+    prefix: _Prefix,
     changes: dict,
 ) -> None:
-    """Levin et al.: PCA of the hidden representation, merged or as a bottleneck."""
+    """Levin et al.: PCA of the hidden representation, merged or as a bottleneck.
+
+    ``prefix`` holds the first layer's calibration inputs and, below it, the inputs and
+    principal components of every layer for the upstream widths already met.
+    """
+    last = len(positions) - 2
     for idx, (a, b) in enumerate(zip(positions, positions[1:], strict=False)):
         producer, consumer = leaves[a], leaves[b]
-        between = [leaf.module for leaf in leaves[a + 1 : b]]
-        linear = all(isinstance(m, PASS_THROUGH) for m in between)
-        H = forward_chain(between, producer.module(X))
+        layers = [producer.module, *(leaf.module for leaf in leaves[a + 1 : b])]
+        linear = all(isinstance(m, PASS_THROUGH) for m in layers[1:])
+        k = None
         if variances[idx] is not None:
-            m = H.shape[-1]
-            try:
-                res = pca(H.reshape(-1, m), variance=variances[idx])
-            except ValueError as err:
-                raise ValueError(
-                    f"data: the activations after layer {producer.path!r}: {err}"
-                ) from err
+            if prefix.decomposition is None:
+                H = forward_chain(layers, prefix.inputs)
+                prefix.decomposition = _principal_components(H, producer.path)
+            res = prefix.decomposition.result(variance=variances[idx])
             P = res.components.to(torch.float64)  # k × m
             mu = res.mean.to(torch.float64)  # m
-            k = P.shape[0]
+            k, m = P.shape
             Wn, bn = _wb(consumer.module)
             has_bias = consumer.module.bias is not None
             if linear:
@@ -484,27 +688,69 @@ def _prune_activations(
                     note = f"projection on {k} components folded (bottleneck would be larger)"
                 consumer.replace(new)
                 _record(changes, consumer.path, "bottleneck", k, note)
-        X = forward_chain(between, producer.module(X))
+        if idx < last:  # the next layer's inputs, from this layer as pruned
+            prefix = prefix.child(
+                k, [producer.module, *layers[1:]], narrowed=k is not None and linear
+            )
 
 
-def _subsample_rows(H: Tensor, max_rows: int, generator: torch.Generator | None) -> Tensor:
+def _subsample_rows(H: Tensor, max_rows: int, generator: torch.Generator) -> Tensor:
+    """At most ``max_rows`` rows of ``H``, drawn without replacement on the generator's device."""
     if H.shape[0] <= max_rows:
         return H
-    device = generator.device if generator is not None else torch.device("cpu")
-    idx = torch.randperm(H.shape[0], generator=generator, device=device)[:max_rows].to(H.device)
-    return H[idx]
+    idx = torch.randperm(H.shape[0], generator=generator, device=generator.device)
+    return H[idx[:max_rows].to(H.device)]
+
+
+class _UnitSelection:
+    """What the interpolative decomposition of one hidden output needs for every ``k``.
+
+    The singular values ``S`` of the activation matrix (N×m, or (N·h·w)×C for a
+    convolution's maps of size ``spatial``), the ``rtol`` that counts round-off as zero
+    and its column-pivoted QR.
+    """
+
+    __slots__ = ("singular_values", "rtol", "qr", "spatial")
+
+    def __init__(self, H: Tensor, path: str, max_rows: int, generator: torch.Generator) -> None:
+        conv = H.ndim == 4  # (N, m) or (N, C, h, w)
+        m = H.shape[1] if conv else H.shape[-1]
+        Hmat = H.permute(0, 2, 3, 1).reshape(-1, m) if conv else H.reshape(-1, m)
+        Hmat = _subsample_rows(Hmat, max_rows, generator) if conv else Hmat
+        check_finite(f"activations after {path!r}", Hmat)
+        H64 = Hmat.to(torch.float64)
+        S = torch.linalg.svdvals(H64)
+        if not bool(S.max() > 0):
+            raise ValueError(
+                f"data: the activations after layer {path!r} are all zero on the "
+                "calibration inputs (a dead layer?), so there is nothing to keep; use other "
+                "calibration data or leave this layer out with a dict variance"
+            )
+        self.singular_values = S
+        self.rtol = S.numel() * torch.finfo(Hmat.dtype).eps
+        self.qr = PivotedQR(H64)
+        self.spatial = tuple(H.shape[2:]) if conv else None
+
+    def select(self, variance: float) -> tuple[Tensor, Tensor]:
+        """The kept units ``indices`` (k,) and ``T`` (k × m, float64) for ``variance``."""
+        k = rank_for_energy(self.singular_values, variance, rtol=self.rtol)
+        return self.qr.interpolative(k)
 
 
 def _prune_interpolative(
     leaves: list[Leaf],
     positions: list[int],
     variances: list[float | None],
-    X: Tensor,
+    prefix: _Prefix,
     changes: dict,
     max_rows: int,
-    generator: torch.Generator,
 ) -> None:
-    """Chee et al.: keep the units an interpolative decomposition selects, fold T forward."""
+    """Chee et al.: keep the units an interpolative decomposition selects, fold T forward.
+
+    ``prefix`` holds the first layer's calibration inputs and, below it, the inputs and
+    decompositions of every layer for the upstream widths already met.
+    """
+    last = len(positions) - 2
     for idx, (a, b) in enumerate(zip(positions, positions[1:], strict=False)):
         producer, consumer = leaves[a], leaves[b]
         between_leaves = leaves[a + 1 : b]
@@ -512,23 +758,16 @@ def _prune_interpolative(
         between = [leaf.module for leaf in between_leaves]
         pre = between if flatten_at is None else between[:flatten_at]
         post = [] if flatten_at is None else between[flatten_at:]
+        k = None
         if variances[idx] is not None:
-            H = forward_chain(pre, producer.module(X))  # (N, m) or (N, C, h, w)
-            conv = H.ndim == 4
-            m = H.shape[1] if conv else H.shape[-1]
-            Hmat = H.permute(0, 2, 3, 1).reshape(-1, m) if conv else H.reshape(-1, m)
-            Hmat = _subsample_rows(Hmat, max_rows, generator) if conv else Hmat
-            check_finite(f"activations after {producer.path!r}", Hmat)
-            S = torch.linalg.svdvals(Hmat.to(torch.float64))
-            if not bool(S.max() > 0):
-                raise ValueError(
-                    f"data: the activations after layer {producer.path!r} are all zero on the "
-                    "calibration inputs (a dead layer?), so there is nothing to keep; use other "
-                    "calibration data or leave this layer out with a dict variance"
-                )
-            k = rank_for_energy(S, variances[idx], rtol=S.numel() * torch.finfo(Hmat.dtype).eps)
-            indices, T = interpolative_decomposition(Hmat.to(torch.float64), k)
-            T = T.to(torch.float64)
+            if prefix.decomposition is None:
+                H = forward_chain([producer.module, *pre], prefix.inputs)
+                generator = _copy_generator(prefix.rows)  # draws the rows of conv maps
+                prefix.decomposition = _UnitSelection(H, producer.path, max_rows, generator)
+                prefix.rows_after = generator
+            selection = prefix.decomposition
+            indices, T = selection.select(variances[idx])
+            k, m = T.shape
             Wp, bp = _wb(producer.module)
             has_bias = producer.module.bias is not None
             producer.replace(
@@ -543,17 +782,17 @@ def _prune_interpolative(
             if isinstance(consumer.module, nn.Conv2d):
                 Wn_new = torch.einsum("oihw,ji->ojhw", Wn, T)
                 consumer.replace(new_conv(Wn_new, bn if has_bias_n else None, consumer.module))
-            elif conv:  # Flatten -> Linear: fold T at every spatial position
-                hw = H.shape[2] * H.shape[3]
-                if Wn.shape[1] != m * hw:
+            elif selection.spatial is not None:  # Flatten -> Linear: fold T at every position
+                h, w = selection.spatial
+                if Wn.shape[1] != m * h * w:
                     raise ValueError(
                         f"{consumer.path!r} expects {Wn.shape[1]} inputs but the flattened "
-                        f"maps have {m}×{H.shape[2]}×{H.shape[3]} = {m * hw}"
+                        f"maps have {m}×{h}×{w} = {m * h * w}"
                     )
-                Wn_new = torch.einsum("oip,ji->ojp", Wn.reshape(Wn.shape[0], m, hw), T)
+                Wn_new = torch.einsum("oip,ji->ojp", Wn.reshape(Wn.shape[0], m, h * w), T)
                 consumer.replace(
                     new_linear(
-                        Wn_new.reshape(Wn.shape[0], k * hw),
+                        Wn_new.reshape(Wn.shape[0], k * h * w),
                         bn if has_bias_n else None,
                         consumer.module,
                     )
@@ -563,5 +802,5 @@ def _prune_interpolative(
             unit = "channels" if isinstance(producer.module, nn.Conv2d) else "units"
             _record(changes, producer.path, "interpolative", k, f"{m} -> {k} {unit}")
             _record(changes, consumer.path, "input_folded", None, f"inputs {m} -> {k} {unit}")
-        X = forward_chain(post, forward_chain(pre, producer.module(X)))
-
+        if idx < last:  # the next layer's inputs, from this layer as pruned
+            prefix = prefix.child(k, [producer.module, *pre, *post], narrowed=k is not None)
