@@ -9,6 +9,7 @@ def test_trained_model_uses_the_book_recipe(monkeypatch):
     module = sys.modules["pruning_utils.train"]
     calls = []
     monkeypatch.setattr(module, "train_or_load", lambda *a, **kw: calls.append((a, kw)) or "model")
+    monkeypatch.setenv("PRUNING_BOOK_SMOKE", "0")  # smoke mode narrows the LargeMLP (test_config)
     assert trained_model("large-mlp", activation=None, progress=False) == "model"
     (args, kwargs), = calls
     assert args == ("large-mlp", "fashion-mnist")
