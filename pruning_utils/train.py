@@ -827,9 +827,10 @@ def trained_model(
         The trained model in eval mode (see :func:`train_or_load`).
     """
     name = check_choice("name", name, list(BOOK_RECIPES))
-    widths = get_config().large_mlp_widths
-    if name == "large-mlp" and "widths" not in model_kwargs and widths != LARGE_MLP_WIDTHS:
-        model_kwargs["widths"] = widths  # smoke mode; the default widths keep their cache key
+    if name == "large-mlp":  # smoke mode narrows it; the original widths keep one cache key
+        widths = tuple(model_kwargs.pop("widths", get_config().large_mlp_widths))
+        if widths != LARGE_MLP_WIDTHS:
+            model_kwargs["widths"] = widths
     return train_or_load(
         name,
         dataset,
