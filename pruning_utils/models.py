@@ -146,7 +146,7 @@ class LargeMLP(MLP):
         ``"relu"`` (default), an ``nn.Module`` subclass, or ``None`` for the original
         purely linear stack.
     widths:
-        Layer widths; default :data:`LARGE_MLP_WIDTHS`. Smoke mode builds the book's
+        Layer widths; default ``LARGE_MLP_WIDTHS`` (the original ones). Smoke mode builds the book's
         LargeMLP with ``get_config().large_mlp_widths``, every hidden width divided by 4.
     """
 
