@@ -5,7 +5,8 @@ book is read here, from environment variables, and nowhere else:
 
 ``PRUNING_BOOK_SMOKE``
     ``1`` (or ``true``/``yes``/``on``) shrinks epochs, subset sizes and sweep grids, and
-    builds the LargeMLP four times narrower, so that every notebook runs in a minute or two. Unset or ``0`` means full mode.
+    builds the LargeMLP four times narrower, so that every notebook runs in a minute or two.
+    Unset or ``0`` means full mode.
     Notebooks never set it; ``pytest --nbval notebooks/`` does (see ``conftest.py``).
 ``PRUNING_BOOK_DATA``
     The data root: where datasets are looked for first and where trained weights are
@@ -31,6 +32,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from pruning_utils.models import LARGE_MLP_WIDTHS
 from pruning_utils.validation import check_choice, check_int
 
 __all__ = [
@@ -126,7 +128,7 @@ _FULL = dict(
     seeds=(0, 1, 2, 3, 4),
     timing_seconds=1.0,
     batch_sizes=(1, 256),
-    large_mlp_widths=(784, 128, 512, 2048, 8192, 2048, 512, 128, 10),
+    large_mlp_widths=LARGE_MLP_WIDTHS,
 )
 _SMOKE = dict(
     train_subset=2048,
@@ -139,7 +141,9 @@ _SMOKE = dict(
     seeds=(0, 1),
     timing_seconds=0.05,
     batch_sizes=(1, 256),
-    large_mlp_widths=(784, 32, 128, 512, 2048, 512, 128, 32, 10),
+    large_mlp_widths=(
+        LARGE_MLP_WIDTHS[0], *(w // 4 for w in LARGE_MLP_WIDTHS[1:-1]), LARGE_MLP_WIDTHS[-1]
+    ),
 )
 
 
