@@ -70,7 +70,7 @@ def test_check_names_the_notebooks_that_disagree_and_sync_fixes_only_their_cells
     tmp_path, capsys
 ):
     copies = []
-    for name in ("00_setup.ipynb", "06_comparison.ipynb"):
+    for name in ("00_setup.ipynb", "07_comparison.ipynb"):
         shutil.copy(ROOT / "notebooks" / name, tmp_path / name)
         copies.append(tmp_path / name)
     original = {p: p.read_text(encoding="utf-8") for p in copies}
@@ -101,9 +101,9 @@ def test_check_names_the_notebooks_that_disagree_and_sync_fixes_only_their_cells
         for k in changed:
             after["cells"][k]["source"] = old["cells"][k]["source"]
         assert json.dumps(after, indent=1, ensure_ascii=False) + "\n" == original[path]
-    # chapter 6 reads the headline results from the repository's raw files: they follow too
-    chapter6 = (tmp_path / "06_comparison.ipynb").read_text(encoding="utf-8")
-    assert "https://raw.githubusercontent.com/someone/pruning-fork/dev/results/" in chapter6
+    # chapter 7 reads the headline results from the repository's raw files: they follow too
+    chapter7 = (tmp_path / "07_comparison.ipynb").read_text(encoding="utf-8")
+    assert "https://raw.githubusercontent.com/someone/pruning-fork/dev/results/" in chapter7
 
 
 def test_raw_links_of_the_configured_repository_are_left_alone():
