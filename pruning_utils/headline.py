@@ -395,7 +395,9 @@ def _recipe(name: str) -> dict:
     """Learning rate, batch size and epochs with which the network ``name`` is trained."""
     config = get_config()
     recipe = dict(BOOK_RECIPES.get(name, {"lr": 1e-3, "batch_size": 256}))
-    recipe["epochs"] = config.epochs_cnn if name == "small-cnn" else config.epochs_mlp
+    cnn = name in ("small-cnn", "small-resnet")
+    epochs = config.epochs_cnn if cnn else config.epochs_mlp
+    recipe["epochs"] = min(recipe.get("epochs", epochs), epochs)
     return recipe
 
 
