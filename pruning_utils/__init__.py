@@ -77,6 +77,7 @@ from pruning_utils.models import (
     LeNet5,
     SimpleMLP,
     SmallCNN,
+    SmallResNet,
     build_model,
 )
 from pruning_utils.nnutils import capture_inputs, seeded
@@ -100,11 +101,15 @@ from pruning_utils.stats import (
 from pruning_utils.surgery import (
     PCA_METHODS,
     SCHEMES,
+    ChannelGroup,
+    GroupFit,
     LayerChange,
     LowRankFit,
     PruningReport,
     WidthFit,
+    channel_groups,
     fold_batchnorm,
+    group_prune,
     l1_structured_prune,
     load_pruned,
     low_rank,

@@ -30,8 +30,10 @@ import pandas as pd
 from torch import nn
 
 from pruning_utils.surgery import (
+    GroupFit,
     LowRankFit,
     WidthFit,
+    group_prune,
     l1_structured_prune,
     low_rank,
     magnitude_prune,
@@ -309,6 +311,32 @@ def _pca_fit(kind: str) -> Fit:
     return fit
 
 
+def _group(criterion: str, knob: str) -> Apply:
+    def apply(m, v, *, data=None, generator=None, **kw):
+        seed = 0 if generator is None else generator
+        return group_prune(m, **{knob: v}, criterion=criterion, data=data, generator=seed, **kw)
+
+    return apply
+
+
+def _group_fit(criterion: str, knob: str) -> Fit:
+    """``fit`` of a group method: one :class:`GroupFit` (seed 0 draws the rows of ``H``);
+    another seed is passed to ``apply``."""
+
+    def fit(model: nn.Module, data: Any, **options):
+        fitted = GroupFit(model, data=data, criterion=criterion, **options)
+
+        def prune(value, generator):
+            if generator is None or generator == 0 or criterion == "l1":
+                return fitted.prune(**{knob: value})
+            return _group(criterion, knob)(model, value, data=data, generator=generator,
+                                           **options)
+
+        return prune
+
+    return fit
+
+
 def _randomized(layers: tuple[type[nn.Module], ...]) -> Apply:
     return lambda m, v, *, data=None, generator=None, **kw: randomize(
         m, v, generator=generator, **{"layers": layers, **kw}
@@ -384,6 +412,19 @@ for _method in (
         lambda m, v, *, data=None, generator=None, **kw: low_rank(m, energy=v, data=data, **kw),
         keeps="output energy kept, of the spectrum of W S (whitened)", needs_data=True,
         grid=_ENERGIES, color="#1B9E77", networks=("mlp",), fit=_low_rank_fit(data_aware=True),
+    ),
+    Method(
+        "group_interpolative", "interpolative (residual-aware)", "variance",
+        _group("interpolative", "variance"),
+        keeps="energy of each channel group's activations kept", needs_data=True,
+        grid=_VARIANCES, color="#AA3377", networks=("cnn",),
+        fit=_group_fit("interpolative", "variance"), shrinks_width=True,
+    ),
+    Method(
+        "group_l1", "group L1 (baseline)", "keep", _group("l1", "keep"),
+        keeps="fraction of each channel group's channels kept", needs_data=True,
+        grid=_KEEP_L1, color="#BF8F3F", networks=("cnn",), fit=_group_fit("l1", "keep"),
+        shrinks_width=True,
     ),
     Method(
         "randomized_conv", "randomized im2col", "samples",
