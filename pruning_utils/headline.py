@@ -396,8 +396,7 @@ def _recipe(name: str) -> dict:
     config = get_config()
     recipe = dict(BOOK_RECIPES.get(name, {"lr": 1e-3, "batch_size": 256}))
     cnn = name in ("small-cnn", "small-resnet")
-    epochs = config.epochs_cnn if cnn else config.epochs_mlp
-    recipe["epochs"] = min(recipe.get("epochs", epochs), epochs)
+    recipe["epochs"] = config.epochs_cnn if cnn else config.epochs_mlp
     return recipe
 
 

@@ -24,7 +24,8 @@ name              layers                                                   param
 
 On two CPU cores (PyTorch 2.14, fp32, batch 256) one training epoch over 60,000 images
 takes about 2.5–4.5 min for ``small-cnn`` and 8–10 min for ``large-mlp``, depending on
-the load of the machine.
+the load of the machine; an epoch of ``small-resnet`` over the 55,000 training images took
+39–66 s.
 """
 
 from __future__ import annotations

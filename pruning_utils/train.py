@@ -785,15 +785,13 @@ def train_or_load(
 
 #: How the book trains each of its models (Adam, batch 256, on the whole training split of
 #: Fashion-MNIST). The deep ReLU LargeMLP diverges or stalls at 1e-3; 3e-4 trains it well.
-#: Epochs come from the run configuration (``epochs_mlp`` / ``epochs_cnn``), except where a
-#: recipe names ``epochs``: the ResNet trains 3 epochs (about 4–5 min each on two loaded cores),
-#: never more than ``epochs_cnn`` (smoke mode: 1).
+#: Epochs come from the run configuration (``epochs_mlp`` / ``epochs_cnn``).
 BOOK_RECIPES: dict[str, dict] = {
     "simple-mlp": {"lr": 1e-3, "batch_size": 256},
     "large-mlp": {"lr": 3e-4, "batch_size": 256},
     "small-cnn": {"lr": 1e-3, "batch_size": 256},
     "lenet5": {"lr": 1e-3, "batch_size": 256},
-    "small-resnet": {"lr": 1e-3, "batch_size": 256, "epochs": 3},
+    "small-resnet": {"lr": 1e-3, "batch_size": 256},
 }
 
 
@@ -845,9 +843,6 @@ def trained_model(
         channels = tuple(model_kwargs.pop("channels", get_config().small_resnet_channels))
         if channels != SMALL_RESNET_CHANNELS:
             model_kwargs["channels"] = channels
-    recipe = dict(BOOK_RECIPES[name])
-    if "epochs" in recipe:
-        recipe["epochs"] = min(recipe["epochs"], get_config().epochs_cnn)
     return train_or_load(
         name,
         dataset,
@@ -855,5 +850,5 @@ def trained_model(
         model_kwargs=model_kwargs,
         progress=progress,
         device=device,
-        **recipe,
+        **BOOK_RECIPES[name],
     )

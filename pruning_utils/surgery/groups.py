@@ -61,7 +61,9 @@ from pruning_utils.validation import (
     check_model,
 )
 
-__all__ = ["GROUP_CRITERIA", "ChannelGroup", "GroupFit", "channel_groups", "group_prune"]
+__all__ = [
+    "GROUP_CRITERIA", "ChannelGroup", "GroupFit", "LayerUse", "channel_groups", "group_prune",
+]
 
 #: How :func:`group_prune` chooses the kept channels of a group.
 GROUP_CRITERIA: tuple[str, ...] = ("interpolative", "l1")
@@ -120,12 +122,40 @@ class ChannelGroup:
 @dataclass
 class _Read:
     """A layer that reads channels: its path, the channel of each input position, the
-    features per channel (``h·w`` after a Flatten, else 1) and whether it is a Conv2d."""
+    features per channel (``h·w`` after a Flatten, else 1), whether it is a Conv2d and the
+    shape of one input (without the batch dimension)."""
 
     path: str
     ids: list[int]
     per: int
     conv: bool
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LayerUse:
+    """One Conv2d or Linear layer of a traced network, as the groups see it.
+
+    Attributes
+    ----------
+    path:
+        Module path.
+    input_shape:
+        Shape of one input (``(c_in, h, w)`` or ``(features,)``).
+    inputs:
+        ``{group name: input channels from it}``; channels of no prunable group (the
+        network's input, a group kept whole) under ``None``.
+    output:
+        The prunable group its output rows belong to, or ``None``.
+    per:
+        Input features per channel (``h·w`` for a Linear after ``Flatten``, else 1).
+    """
+
+    path: str
+    input_shape: tuple[int, ...]
+    inputs: dict
+    output: str | None
+    per: int = 1
 
 
 @dataclass
@@ -279,12 +309,12 @@ def _analyse(model: nn.Module, traced: fx.GraphModule) -> _Graph:
                 opaque(node, f"{path} ({type(module).__name__} with inputs not traced)")
             elif isinstance(module, nn.Conv2d) and module.groups == 1:
                 ids, per = chan[source]
-                graph.reads[path] = _Read(path, ids, per, conv=True)
+                graph.reads[path] = _Read(path, ids, per, conv=True, shape=shape_in[1:])
                 chan[node] = (graph.fresh(module.out_channels), 1)
                 graph.produced[path] = chan[node][0]
             elif isinstance(module, nn.Linear) and shape_in is not None and len(shape_in) == 2:
                 ids, per = chan[source]
-                graph.reads[path] = _Read(path, ids, per, conv=False)
+                graph.reads[path] = _Read(path, ids, per, conv=False, shape=shape_in[1:])
                 chan[node] = (graph.fresh(module.out_features), 1)
                 graph.produced[path] = chan[node][0]
             elif type(module) in (nn.BatchNorm1d, nn.BatchNorm2d):
@@ -595,7 +625,10 @@ class GroupFit:
         rows = _copy_generator(torch.default_generator if rows is None else rows)
 
         work = copy.deepcopy(model).eval()  # the folded reference every setting starts from
-        graph = _analyse(work, _trace(work, _example(data, work)))
+        example = _example(data, work)
+        graph = _analyse(work, _trace(work, example))
+        #: Shape of one input of the network (without the batch dimension).
+        self.input_shape: tuple[int, ...] = tuple(example.shape[1:])
         for layer_path, bn_path in graph.folds:
             fold_into(work.get_submodule(layer_path), work.get_submodule(bn_path))
             _set(work, bn_path, nn.Identity())
@@ -676,6 +709,34 @@ class GroupFit:
                 )
             check_finite(f"activations read from group {name!r}", H)
             self._selections[name] = _UnitSelection(H, name, max_rows, rows)
+
+    def layers(self) -> list[LayerUse]:
+        """Every Conv2d and Linear layer that reads traced channels, in execution order, with
+        the groups of its input channels and of its output rows (what a latency model of
+        the pruned network needs)."""
+        root = self._graph.root
+        group_of = {r: name for name in self.prunable for r in self._members[name]}
+        uses = []
+        for path, read in self._graph.reads.items():
+            inputs: dict[str | None, int] = {}
+            for i in read.ids:
+                key = group_of.get(root(i))
+                inputs[key] = inputs.get(key, 0) + 1
+            produced = self._graph.produced.get(path)
+            output = group_of.get(root(produced[0])) if produced else None
+            uses.append(LayerUse(path, tuple(read.shape), inputs, output, read.per))
+        return uses
+
+    def reference(self) -> nn.Module:
+        """A copy of the network with its BatchNorm folded and every channel kept (the same
+        function in eval mode)."""
+        return self.prune(widths={})
+
+    def group_width(self, name: str) -> int:
+        """Number of channels ``m`` of group ``name``."""
+        if name not in self._members:
+            raise ValueError(f"name must be one of the groups {list(self._members)}, got {name!r}")
+        return len(self._members[name])
 
     def residuals(self, name: str) -> Tensor:
         """Relative interpolative residual ``‖H − H[:, S_k] T_k‖_F² / ‖H‖_F²`` for every
