@@ -41,10 +41,10 @@ from torch import nn
 from pruning_utils.config import data_root, get_config
 from pruning_utils.files import atomic_files
 from pruning_utils.measure import compare_latency, machine_record, measure_latency
-from pruning_utils.surgery.groups import GroupFit, LayerUse
+from pruning_utils.surgery import GroupFit, LayerUse
 from pruning_utils.validation import check_int, check_model, check_real
 
-__all__ = ["LatencyTable", "BudgetResult", "latency_budget", "allocate_widths"]
+__all__ = ["FRACTIONS", "LatencyTable", "BudgetResult", "latency_budget", "allocate_widths"]
 
 #: Channel fractions at which every layer is timed.
 FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5, 0.75, 1.0)

@@ -35,6 +35,7 @@ from pruning_utils.surgery.groups import (
     GROUP_CRITERIA,
     ChannelGroup,
     GroupFit,
+    LayerUse,
     channel_groups,
     group_prune,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "group_prune",
     "GroupFit",
     "ChannelGroup",
+    "LayerUse",
     "channel_groups",
     "GROUP_CRITERIA",
     "randomize",

@@ -11,8 +11,8 @@ pooling), additions (which *tie* the channels of their two sides) and concatenat
 space of channels: every layer that reads one of its channels reads all of them.
 
 :func:`group_prune` then chooses the channels each group keeps from the activations, with
-the interpolative decomposition of Chee et al. (2022) that :func:`~pruning_utils.surgery.
-pca_prune` uses for chains: ``H`` stacks what every reader of the group receives
+the interpolative decomposition of Chee et al. (2022) that :func:`~pruning_utils.surgery.pca_prune`
+uses for chains: ``H`` stacks what every reader of the group receives
 (one row per image and position, one column per channel), a pivoted QR keeps the columns
 ``S`` and gives ``T`` (k × m) with ``H ≈ H[:, S] T``, every producer keeps its rows ``S``
 and every reader absorbs ``T`` (``W ← W Tᵀ`` over its input channels). Additions,
