@@ -658,7 +658,7 @@ class GroupFit:
             score = torch.zeros(len(index), dtype=torch.float64)
             for path, ids in self._graph.produced.items():
                 W = self._work.get_submodule(path).weight.detach().to(torch.float64)
-                norms = W.reshape(W.shape[0], -1).abs().sum(dim=1)
+                norms = W.reshape(W.shape[0], -1).abs().sum(dim=1).cpu()
                 for row, i in enumerate(ids):
                     if root(i) in index:
                         score[index[root(i)]] += norms[row]
@@ -826,7 +826,7 @@ class GroupFit:
             if not group.prunable or k is None or k >= len(roots):
                 continue
             indices, T = self._select(group.name, k)
-            T = T.to(torch.float64)
+            indices, T = indices.cpu(), T.to("cpu", torch.float64)
             kept_roots = [roots[int(j)] for j in indices]
             dropped.update(set(roots) - set(kept_roots))
             for j, r in enumerate(roots):
@@ -873,6 +873,7 @@ class GroupFit:
                     read = graph.reads[path]
                     A = _input_map(read.ids, root, dropped, mixing)
                     if A is not None:
+                        A = A.to(W.device)
                         if read.conv:
                             W = torch.einsum("oihw,iq->oqhw", W, A)
                         else:
