@@ -372,7 +372,8 @@ def latency_budget(
         The batch the network is timed on (its first dimension is the batch size).
     table:
         A :class:`LatencyTable` at that batch size (built, or read from its cache, if
-        ``None``).
+        ``None``); its :meth:`~LatencyTable.calibrate` is called with the full-width network's
+        measured time.
     tolerance:
         Accept the measured speedup within this relative distance of the target.
     rounds:

@@ -548,7 +548,9 @@ def group_prune(
     criterion:
         ``"interpolative"`` or ``"l1"``.
     data:
-        Calibration inputs (a tensor or an iterable of batches); all held in memory.
+        Calibration inputs (a tensor or an iterable of batches that can be iterated twice,
+        such as a DataLoader: the first batch is traced, then every batch is captured); the
+        activations the groups' readers receive are all held in memory.
     generator:
         Draws the row subset of ``H``: an int seed (default 0), a ``torch.Generator`` or
         ``None`` (torch's global generator); read, not advanced.
