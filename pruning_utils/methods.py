@@ -108,6 +108,10 @@ class Method:
         Whether the pruned model is the same kind of network with fewer hidden units or
         channels (a plain architecture that could also be trained from scratch: the
         benchmark's train-small control takes its widths from such a method).
+    chains_only:
+        Whether the method walks an ``nn.Sequential`` chain of layers (``pca_prune``,
+        ``l1_structured_prune``) and so does not apply to networks whose blocks add or
+        concatenate feature maps (a ResNet: use the group methods).
     """
 
     name: str
@@ -126,6 +130,7 @@ class Method:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     sparse: bool = False
     shrinks_width: bool = False
+    chains_only: bool = False
 
     def __post_init__(self) -> None:
         for attribute in ("name", "label", "knob"):
@@ -365,18 +370,19 @@ for _method in (
     Method(
         "pca_weights", "PCA weights (Alg. 2)", "variance", _pca("weights"),
         keeps="energy of the centred weights kept", grid=_VARIANCES, color="#E69F00",
-        networks=("mlp",), fit=_pca_fit("weights"), shrinks_width=True,
+        networks=("mlp",), fit=_pca_fit("weights"), shrinks_width=True, chains_only=True,
     ),
     Method(
         "pca_activations", "PCA activations", "variance", _pca("activations"),
         keeps="variance of the hidden activations kept", needs_data=True, grid=_VARIANCES,
         color="#D55E00", networks=("mlp",), fit=_pca_fit("activations"), shrinks_width=True,
+        chains_only=True,
     ),
     Method(
         "pca_interpolative", "PCA interpolative", "variance", _pca("interpolative"),
         keeps="energy of the (uncentred) hidden activations kept", needs_data=True,
         grid=_VARIANCES, color="#CC79A7", aliases=("PCA channels (interpolative)",),
-        fit=_pca_fit("interpolative"), shrinks_width=True,
+        fit=_pca_fit("interpolative"), shrinks_width=True, chains_only=True,
     ),
     Method(
         "randomized", "randomized matmul", "samples", _randomized((nn.Linear,)),
@@ -394,6 +400,7 @@ for _method in (
         lambda m, v, *, data=None, generator=None, **kw: l1_structured_prune(m, v, **kw),
         keeps="fraction of hidden units / filters kept", grid=_KEEP_L1, color="#8C510A",
         aliases=("L1 units (baseline)", "L1 filters (baseline)"), shrinks_width=True,
+        chains_only=True,
     ),
     Method(
         "low_rank_spatial", "low rank (spatial)", "energy", _low_rank_energy(scheme="spatial"),
