@@ -9,6 +9,7 @@ experiment harness (``measure``, ``sweeps``, ``headline``, ``plots``, with ``dat
 """
 
 
+from pruning_utils.budget import BudgetResult, LatencyTable, allocate_widths, latency_budget
 from pruning_utils.config import (
     RunConfig,
     data_root,
@@ -77,6 +78,7 @@ from pruning_utils.models import (
     LeNet5,
     SimpleMLP,
     SmallCNN,
+    SmallResNet,
     build_model,
 )
 from pruning_utils.nnutils import capture_inputs, seeded
@@ -100,11 +102,15 @@ from pruning_utils.stats import (
 from pruning_utils.surgery import (
     PCA_METHODS,
     SCHEMES,
+    ChannelGroup,
+    GroupFit,
     LayerChange,
     LowRankFit,
     PruningReport,
     WidthFit,
+    channel_groups,
     fold_batchnorm,
+    group_prune,
     l1_structured_prune,
     load_pruned,
     low_rank,

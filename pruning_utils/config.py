@@ -32,7 +32,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from pruning_utils.models import LARGE_MLP_WIDTHS
+from pruning_utils.models import LARGE_MLP_WIDTHS, SMALL_RESNET_CHANNELS
 from pruning_utils.validation import check_choice, check_int
 
 __all__ = [
@@ -97,6 +97,10 @@ class RunConfig:
         the original 784-128-512-2048-8192-2048-512-128-10 in full mode, every hidden width
         divided by 4 in smoke mode (its float64 SVDs and 8192-wide covariances would
         otherwise take most of a smoke run).
+    small_resnet_channels:
+        Channels of the three stages of the ResNet that
+        :func:`~pruning_utils.train.trained_model` builds: 32-64-128 in full mode, divided
+        by 4 in smoke mode.
     """
 
     smoke: bool
@@ -111,6 +115,7 @@ class RunConfig:
     timing_seconds: float
     batch_sizes: tuple[int, ...]
     large_mlp_widths: tuple[int, ...]
+    small_resnet_channels: tuple[int, ...]
 
     def pick(self, full: T, smoke: T) -> T:
         """Return ``smoke`` in smoke mode and ``full`` otherwise."""
@@ -129,6 +134,7 @@ _FULL = dict(
     timing_seconds=1.0,
     batch_sizes=(1, 256),
     large_mlp_widths=LARGE_MLP_WIDTHS,
+    small_resnet_channels=SMALL_RESNET_CHANNELS,
 )
 _SMOKE = dict(
     train_subset=2048,
@@ -144,6 +150,7 @@ _SMOKE = dict(
     large_mlp_widths=(
         LARGE_MLP_WIDTHS[0], *(w // 4 for w in LARGE_MLP_WIDTHS[1:-1]), LARGE_MLP_WIDTHS[-1]
     ),
+    small_resnet_channels=tuple(c // 4 for c in SMALL_RESNET_CHANNELS),
 )
 
 

@@ -1,10 +1,14 @@
 """The book's headline benchmark: the most compressed setting of each method within 1 point.
 
 Run it with ``python -m pruning_utils.headline`` (``python -m pruning_utils.benchmark`` is
-the same command; ``--smoke`` for a quick run). For the LargeMLP and the SmallCNN trained on
-Fashion-MNIST (:func:`~pruning_utils.train.trained_model`) and for every method of the
-registry (:data:`~pruning_utils.methods.METHODS`) that applies to the network and has a
-grid, it bisects the method's grid (ordered from the most compressed setting to the least,
+the same command; ``--smoke`` for a quick run). ``--models small-resnet --add`` runs the
+ResNet alone and merges its rows into the table already in ``--out``: a network whose
+blocks add feature maps gets the methods that do not need a chain of layers (the group
+methods, low rank, magnitude, randomized im2col) and no train-small control. For the
+LargeMLP and the SmallCNN trained on Fashion-MNIST
+(:func:`~pruning_utils.train.trained_model`) and for every method of the registry
+(:data:`~pruning_utils.methods.METHODS`) that applies to the network and has a grid, it
+bisects the method's grid (ordered from the most compressed setting to the least,
 accuracy assumed to grow along it) for the most compressed setting whose accuracy stays
 within ``--tolerance`` (1 percentage point) of the dense model; where the method allows it,
 a second bisection over the settings that failed gives each one epoch of fine-tuning on a
@@ -73,6 +77,7 @@ from pruning_utils.stats import (
     correct_predictions,
     paired_difference_interval,
 )
+from pruning_utils.surgery.tree import leaves
 from pruning_utils.train import BOOK_RECIPES, evaluate, fine_tune, train, trained_model
 
 __all__ = [
@@ -80,29 +85,47 @@ __all__ = [
     "find_setting", "timing_inputs", "time_speedups", "run_benchmark", "retime_benchmark", "main",
 ]
 
-#: The networks of the headline table and the kind of network each one is.
-NETWORKS = {"large-mlp": "mlp", "small-cnn": "cnn"}
+#: The networks of the headline table and the kind of network each one is. The default run
+#: covers the first two; ``--models small-resnet --add`` adds the ResNet's rows to a table.
+NETWORKS = {"large-mlp": "mlp", "small-cnn": "cnn", "small-resnet": "cnn"}
+DEFAULT_MODELS = ("large-mlp", "small-cnn")
 
 
 def benchmark_methods(
-    network: str, methods: Sequence[str | Method] | None = None
+    network: str, methods: Sequence[str | Method] | None = None, *, chain: bool = True
 ) -> tuple[Method, ...]:
     """The methods the benchmark runs on a network of kind ``"mlp"`` or ``"cnn"``.
 
     Default: every registered method for that kind of network that has a grid. ``methods``
     (names, labels or :class:`~pruning_utils.methods.Method` objects, registered or not)
     narrows the list or adds outside methods; a named method that does not apply to the
-    network is left out.
+    network is left out. With ``chain=False`` (a network whose blocks add or concatenate
+    feature maps) the methods that walk a chain of layers (``Method.chains_only``) are left
+    out too.
     """
     if methods is None:
-        return tuple(m for m in methods_for(network) if m.grid)
+        return tuple(m for m in methods_for(network) if m.grid and (chain or not m.chains_only))
     if isinstance(methods, (str, Method)):
         raise TypeError("methods must be a list of method names or Method objects")
     chosen = [get_method(m) for m in methods]
     empty = [m.name for m in chosen if not m.grid]
     if empty:
         raise ValueError(f"methods {empty} have no grid to search; give them one")
-    return tuple(m for m in chosen if network in m.networks)
+    return tuple(m for m in chosen if network in m.networks and (chain or not m.chains_only))
+
+
+def is_chain(model: nn.Module) -> bool:
+    """Whether ``model`` is an ``nn.Sequential`` chain whose every Linear and Conv2d is a
+    step of the chain (not inside a block with its own ``forward``, as a ResNet's are)."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    for leaf in leaves(model):
+        module = leaf.module
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in module.modules()):
+            return False
+    return True
 
 
 def _thin(grid: tuple[float, ...], points: int) -> tuple[float, ...]:
@@ -395,7 +418,8 @@ def _recipe(name: str) -> dict:
     """Learning rate, batch size and epochs with which the network ``name`` is trained."""
     config = get_config()
     recipe = dict(BOOK_RECIPES.get(name, {"lr": 1e-3, "batch_size": 256}))
-    recipe["epochs"] = config.epochs_cnn if name == "small-cnn" else config.epochs_mlp
+    cnn = name in ("small-cnn", "small-resnet")
+    recipe["epochs"] = config.epochs_cnn if cnn else config.epochs_mlp
     return recipe
 
 
@@ -575,7 +599,8 @@ def run_benchmark(
             dense = dense_models[name]
         else:
             dense = trained_model(name, progress=False)
-        method_list = benchmark_methods(_network(dense), methods)
+        chain = is_chain(dense)
+        method_list = benchmark_methods(_network(dense), methods, chain=chain)
         if config.smoke:
             method_list = tuple(_smoke(m, config.sweep_points) for m in method_list)
         reference = _Reference(dense, data, seeds)
@@ -635,6 +660,9 @@ def run_benchmark(
             keep(row)
             network_rows.append(row)
             timed.append(_rebuild(row, dense, data.calibration))
+        elif control and not chain:
+            log("  no train-small control: the pruned network folds its BatchNorm into a "
+                "residual architecture that would train from scratch without it")
         elif control:
             made = _control(name, dense, network_rows, data, reference, seeds, tolerance, log)
             if made is not None:
@@ -913,8 +941,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "0: the whole training split)")
     parser.add_argument("--tolerance", type=float, default=0.01,
                         help="allowed accuracy drop, as a fraction (default 0.01 = 1 point)")
-    parser.add_argument("--models", nargs="+", default=["large-mlp", "small-cnn"],
-                        choices=["large-mlp", "small-cnn"])
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                        choices=list(NETWORKS))
+    parser.add_argument("--add", action="store_true",
+                        help="merge the rows of --models into the results already in --out "
+                             "(replacing earlier rows of the same networks) instead of "
+                             "writing a table of these networks alone; the single-layer "
+                             "timing of the earlier run is kept")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="only these methods (names as in the table)")
     parser.add_argument("--no-control", action="store_true",
@@ -935,6 +968,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--retime times every row of the earlier run; drop --methods")
     if args.retime and args.resume:
         parser.error("--resume continues a run; --retime times a finished one: pick one")
+    if args.retime and args.add:
+        parser.error("--add runs networks and merges them; --retime times a finished run")
     if args.smoke:
         os.environ[SMOKE_ENV] = "1"
     config = get_config()
@@ -945,10 +980,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_record(args.threads)
     start = time.perf_counter()
     data = load_benchmark_data(args.fine_tune_images or None)
+    earlier = _earlier_results(out, "smoke" if config.smoke else "full") if args.add else None
     table, layer = run_benchmark(
         args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads,
         data=data, control=not args.no_control, resume=args.resume,
         checkpoint=(out / "headline.partial.json"),
+        **({"layer": None} if earlier is not None else {}),
     )
     seconds = time.perf_counter() - start
     after = machine_record(args.threads)
@@ -971,9 +1008,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": table.to_dict(orient="records"),
     }
     meta["machine"].pop("load_average")
+    if earlier is not None:
+        table, meta = _merge(earlier, table, meta, args.models)
+        _print_results(table, meta["layer"], meta["mode"], args.threads)
     _write(out, table, meta)
     (out / "headline.partial.json").unlink(missing_ok=True)  # the run is whole now
     return 0
+
+
+def _earlier_results(out: Path, mode: str) -> dict | None:
+    """The results in ``out/headline.json`` that ``--add`` merges into (None: none yet)."""
+    path = out / "headline.json"
+    if not path.is_file():
+        print(f"--add: no earlier results at {path}; writing these networks alone")
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        rows = meta["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CorruptFileError(path, f"is not a benchmark result ({exc})",
+                               "run the benchmark again without --add") from exc
+    if meta.get("mode") != mode:
+        raise SystemExit(f"--add: {path} holds a {meta.get('mode')!r} run, not a {mode!r} one")
+    if not isinstance(rows, list):
+        raise CorruptFileError(path, "has no list of rows", "run the benchmark again")
+    return meta
+
+
+def _merge(earlier: dict, table: pd.DataFrame, meta: dict, models: Sequence[str]
+           ) -> tuple[pd.DataFrame, dict]:
+    """Earlier rows of other networks, then this run's rows; the earlier protocol, machine
+    and single-layer timing are kept and this run is recorded under ``added_runs``."""
+    kept = [row for row in earlier["rows"] if row.get("model") not in set(models)]
+    rows = kept + table.to_dict(orient="records")
+    merged = dict(earlier)
+    merged["rows"] = rows
+    merged.setdefault("added_runs", []).append({
+        key: meta[key] for key in ("seconds", "protocol", "machine", "threads",
+                                   "fine_tune_images", "tolerance")} | {"models": list(models)})
+    return pd.DataFrame(rows), merged
 
 
 def _write(out: Path, table: pd.DataFrame, meta: dict) -> None:

@@ -1302,6 +1302,30 @@ class PivotedQR:
         self.R = np.ascontiguousarray(R[: self.numerical_rank])
         self.perm = perm
 
+    def residuals(self) -> Tensor:
+        """Relative errors ``‖H − H[:, S_k] T_k‖_F² / ‖H‖_F²`` for ``k = 0, 1, …, m`` (float64).
+
+        With ``R = [[R11, R12], [0, R22]]`` (R11 k×k) the error of the rank-``k``
+        interpolative decomposition is ``‖R22‖_F``, the norm of the rows of ``R`` from
+        ``k`` on (``H P = Q R`` with ``Q`` orthonormal, so ``‖H‖_F = ‖R‖_F``); rows past the
+        numerical rank count as zero.
+
+        Examples
+        --------
+        >>> H = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+        >>> qr = PivotedQR(H)
+        >>> indices, T = qr.interpolative(2)
+        >>> error = (torch.linalg.norm(H - H[:, indices] @ T) / torch.linalg.norm(H)) ** 2
+        >>> bool(torch.isclose(qr.residuals()[2], error.double(), rtol=1e-6))
+        True
+        """
+        m = self.shape[1]
+        rows = np.sum(self.R**2, axis=1)  # the first numerical_rank rows of R
+        tail = np.zeros(m + 1)
+        tail[: rows.size] = np.cumsum(rows[::-1])[::-1]
+        total = tail[0]
+        return torch.from_numpy(tail / total if total > 0 else tail)
+
     def interpolative(self, k: int) -> tuple[Tensor, Tensor]:
         """``indices`` (k,) and ``T`` (k × m) of :func:`interpolative_decomposition`."""
         m = self.shape[1]

@@ -30,8 +30,10 @@ import pandas as pd
 from torch import nn
 
 from pruning_utils.surgery import (
+    GroupFit,
     LowRankFit,
     WidthFit,
+    group_prune,
     l1_structured_prune,
     low_rank,
     magnitude_prune,
@@ -106,6 +108,10 @@ class Method:
         Whether the pruned model is the same kind of network with fewer hidden units or
         channels (a plain architecture that could also be trained from scratch: the
         benchmark's train-small control takes its widths from such a method).
+    chains_only:
+        Whether the method walks an ``nn.Sequential`` chain of layers (``pca_prune``,
+        ``l1_structured_prune``) and so does not apply to networks whose blocks add or
+        concatenate feature maps (a ResNet: use the group methods).
     """
 
     name: str
@@ -124,6 +130,7 @@ class Method:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     sparse: bool = False
     shrinks_width: bool = False
+    chains_only: bool = False
 
     def __post_init__(self) -> None:
         for attribute in ("name", "label", "knob"):
@@ -309,6 +316,32 @@ def _pca_fit(kind: str) -> Fit:
     return fit
 
 
+def _group(criterion: str, knob: str) -> Apply:
+    def apply(m, v, *, data=None, generator=None, **kw):
+        seed = 0 if generator is None else generator
+        return group_prune(m, **{knob: v}, criterion=criterion, data=data, generator=seed, **kw)
+
+    return apply
+
+
+def _group_fit(criterion: str, knob: str) -> Fit:
+    """``fit`` of a group method: one :class:`GroupFit` (seed 0 draws the rows of ``H``);
+    another seed is passed to ``apply``."""
+
+    def fit(model: nn.Module, data: Any, **options):
+        fitted = GroupFit(model, data=data, criterion=criterion, **options)
+
+        def prune(value, generator):
+            if generator is None or generator == 0 or criterion == "l1":
+                return fitted.prune(**{knob: value})
+            return _group(criterion, knob)(model, value, data=data, generator=generator,
+                                           **options)
+
+        return prune
+
+    return fit
+
+
 def _randomized(layers: tuple[type[nn.Module], ...]) -> Apply:
     return lambda m, v, *, data=None, generator=None, **kw: randomize(
         m, v, generator=generator, **{"layers": layers, **kw}
@@ -337,18 +370,19 @@ for _method in (
     Method(
         "pca_weights", "PCA weights (Alg. 2)", "variance", _pca("weights"),
         keeps="energy of the centred weights kept", grid=_VARIANCES, color="#E69F00",
-        networks=("mlp",), fit=_pca_fit("weights"), shrinks_width=True,
+        networks=("mlp",), fit=_pca_fit("weights"), shrinks_width=True, chains_only=True,
     ),
     Method(
         "pca_activations", "PCA activations", "variance", _pca("activations"),
         keeps="variance of the hidden activations kept", needs_data=True, grid=_VARIANCES,
         color="#D55E00", networks=("mlp",), fit=_pca_fit("activations"), shrinks_width=True,
+        chains_only=True,
     ),
     Method(
         "pca_interpolative", "PCA interpolative", "variance", _pca("interpolative"),
         keeps="energy of the (uncentred) hidden activations kept", needs_data=True,
         grid=_VARIANCES, color="#CC79A7", aliases=("PCA channels (interpolative)",),
-        fit=_pca_fit("interpolative"), shrinks_width=True,
+        fit=_pca_fit("interpolative"), shrinks_width=True, chains_only=True,
     ),
     Method(
         "randomized", "randomized matmul", "samples", _randomized((nn.Linear,)),
@@ -366,6 +400,7 @@ for _method in (
         lambda m, v, *, data=None, generator=None, **kw: l1_structured_prune(m, v, **kw),
         keeps="fraction of hidden units / filters kept", grid=_KEEP_L1, color="#8C510A",
         aliases=("L1 units (baseline)", "L1 filters (baseline)"), shrinks_width=True,
+        chains_only=True,
     ),
     Method(
         "low_rank_spatial", "low rank (spatial)", "energy", _low_rank_energy(scheme="spatial"),
@@ -384,6 +419,19 @@ for _method in (
         lambda m, v, *, data=None, generator=None, **kw: low_rank(m, energy=v, data=data, **kw),
         keeps="output energy kept, of the spectrum of W S (whitened)", needs_data=True,
         grid=_ENERGIES, color="#1B9E77", networks=("mlp",), fit=_low_rank_fit(data_aware=True),
+    ),
+    Method(
+        "group_interpolative", "interpolative (residual-aware)", "variance",
+        _group("interpolative", "variance"),
+        keeps="energy of each channel group's activations kept", needs_data=True,
+        grid=_VARIANCES, color="#AA3377", networks=("cnn",),
+        fit=_group_fit("interpolative", "variance"), shrinks_width=True,
+    ),
+    Method(
+        "group_l1", "group L1 (baseline)", "keep", _group("l1", "keep"),
+        keeps="fraction of each channel group's channels kept", needs_data=True,
+        grid=_KEEP_L1, color="#BF8F3F", networks=("cnn",), fit=_group_fit("l1", "keep"),
+        shrinks_width=True,
     ),
     Method(
         "randomized_conv", "randomized im2col", "samples",

@@ -37,7 +37,12 @@ from tqdm.auto import tqdm
 
 from pruning_utils.config import data_root, get_config, get_device
 from pruning_utils.files import CorruptFileError, atomic_files
-from pruning_utils.models import LARGE_MLP_WIDTHS, MODEL_NAMES, build_model
+from pruning_utils.models import (
+    LARGE_MLP_WIDTHS,
+    MODEL_NAMES,
+    SMALL_RESNET_CHANNELS,
+    build_model,
+)
 from pruning_utils.nnutils import eval_mode, model_device, seeded, to_model
 from pruning_utils.validation import (
     check_bool,
@@ -634,7 +639,7 @@ def train_or_load(
         ``(x, y)`` pairs.
     epochs:
         Training epochs; default ``get_config().epochs_mlp`` for MLPs and LeNet-5 and
-        ``epochs_cnn`` for ``"small-cnn"``.
+        ``epochs_cnn`` for ``"small-cnn"`` and ``"small-resnet"``.
     seed:
         Seed of the initial weights (fresh models are built on the CPU under it, so the
         initial weights are the same on every device) and of the training
@@ -702,7 +707,8 @@ def train_or_load(
             f"got {type(name_or_factory).__name__}"
         )
     if epochs is None:
-        is_cnn = isinstance(name_or_factory, str) and name_or_factory.lower() == "small-cnn"
+        is_cnn = isinstance(name_or_factory, str) and name_or_factory.lower() in (
+            "small-cnn", "small-resnet")
         epochs = config.epochs_cnn if is_cnn else config.epochs_mlp
     epochs = check_int("epochs", epochs)
     seed = check_seed("seed", seed)
@@ -785,6 +791,7 @@ BOOK_RECIPES: dict[str, dict] = {
     "large-mlp": {"lr": 3e-4, "batch_size": 256},
     "small-cnn": {"lr": 1e-3, "batch_size": 256},
     "lenet5": {"lr": 1e-3, "batch_size": 256},
+    "small-resnet": {"lr": 1e-3, "batch_size": 256},
 }
 
 
@@ -805,7 +812,7 @@ def trained_model(
     Parameters
     ----------
     name:
-        ``"simple-mlp"``, ``"large-mlp"``, ``"small-cnn"`` or ``"lenet5"``.
+        ``"simple-mlp"``, ``"large-mlp"``, ``"small-cnn"``, ``"lenet5"`` or ``"small-resnet"``.
     dataset:
         Dataset name for :func:`~pruning_utils.data.load_dataset`.
     seed:
@@ -819,7 +826,8 @@ def trained_model(
     **model_kwargs:
         Options of the model, e.g. ``activation=None`` for the original linear stacks.
         ``"large-mlp"`` gets ``widths=get_config().large_mlp_widths`` unless given: the
-        original widths in full mode, every hidden width divided by 4 in smoke mode.
+        original widths in full mode, every hidden width divided by 4 in smoke mode;
+        ``"small-resnet"`` gets ``channels=get_config().small_resnet_channels`` likewise.
 
     Returns
     -------
@@ -831,6 +839,10 @@ def trained_model(
         widths = tuple(model_kwargs.pop("widths", get_config().large_mlp_widths))
         if widths != LARGE_MLP_WIDTHS:
             model_kwargs["widths"] = widths
+    if name == "small-resnet":  # the same for the ResNet's channels
+        channels = tuple(model_kwargs.pop("channels", get_config().small_resnet_channels))
+        if channels != SMALL_RESNET_CHANNELS:
+            model_kwargs["channels"] = channels
     return train_or_load(
         name,
         dataset,

@@ -350,3 +350,32 @@ def test_sweep_scores_validation_on_the_gpu(cuda):
                batch_sizes=(8,), rounds=1, min_run_time=FAST, progress=False)
     assert df["val_accuracy"].between(0, 1).all() and df["speedup_b8"].gt(0).all()
     assert (df["speedup_q1_b8"] <= df["speedup_b8"]).all()
+
+
+# ---------------------------------------------------------------------------
+# group pruning of a residual network on the GPU
+# ---------------------------------------------------------------------------
+
+
+def test_group_prune_on_the_gpu_matches_the_cpu(cuda):
+    from pruning_utils.models import SmallResNet
+    from pruning_utils.surgery import group_prune
+
+    torch.manual_seed(0)
+    net = SmallResNet(channels=(8, 16, 32)).train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(2 * torch.randn(16, 1, 28, 28) + 0.5)
+    net.eval()
+    X = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    for options in ({"variance": 0.95}, {"keep": 0.5, "criterion": "l1"}):
+        on_cpu = group_prune(net, data=X, **options)
+        on_gpu = group_prune(net.to(cuda), data=X, **options)
+        net.cpu()
+        assert on_gpu.stem.conv.weight.device.type == "cuda"
+        assert on_gpu.stem.conv.out_channels == on_cpu.stem.conv.out_channels
+        with torch.no_grad():
+            torch.testing.assert_close(on_gpu(X.to(cuda)).cpu(), on_cpu(X), rtol=1e-4, atol=1e-4)
+    whole = group_prune(net.to(cuda), 1.0, data=X)
+    with torch.no_grad():
+        torch.testing.assert_close(whole(X.to(cuda)), net(X.to(cuda)), rtol=1e-4, atol=1e-4)

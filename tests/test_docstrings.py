@@ -15,6 +15,7 @@ MODULES_WITH_EXAMPLES = [
     "pruning_utils.surgery.io",
     "pruning_utils.surgery.factorize",
     "pruning_utils.surgery.width",
+    "pruning_utils.surgery.groups",
     "pruning_utils.surgery.baselines",
 ]
 

@@ -278,3 +278,61 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(smoke, data, tmp_path, m
         headline.run_benchmark(["toy-mlp"], methods=["l1_structured"], dense_models=models,
                                data=data, layer=None, checkpoint=checkpoint, resume=True,
                                **QUIET)
+
+
+def test_residual_networks_get_the_group_methods_not_the_chain_ones():
+    from pruning_utils.models import SmallCNN, SmallResNet
+
+    chain = {m.name for m in headline.benchmark_methods("cnn")}
+    residual = {m.name for m in headline.benchmark_methods("cnn", chain=False)}
+    assert {"pca_interpolative", "l1_structured"} <= chain
+    assert not {"pca_interpolative", "l1_structured"} & residual
+    assert {"group_interpolative", "group_l1", "low_rank_energy"} <= residual
+    assert headline.benchmark_methods("cnn", ["l1_structured"], chain=False) == ()
+    assert headline.is_chain(SmallCNN()) and headline.is_chain(_toy_mlp())
+    assert not headline.is_chain(SmallResNet(channels=(4, 8, 16)))
+    assert headline.NETWORKS["small-resnet"] == "cnn"
+
+
+def test_add_merges_a_network_into_earlier_results(smoke, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(headline, "load_benchmark_data", lambda *a, **k: data)
+    monkeypatch.setattr(headline, "trained_model", lambda name, **k: _toy_mlp())
+    layer_runs = []
+    monkeypatch.setattr(headline, "_layer_benchmark", lambda *a, **k: layer_runs.append(1) or {
+        "layer": "toy", "rank": 1, "break_even_rank": 1.0, "batch": 1, "dense_ms": 1.0,
+        "factorized_ms": 1.0, "speedup": 1.0, "flop_ratio": 1.0})
+    base = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--no-control",
+            "--methods", "L1 units (baseline)"]
+    assert headline.main([*base, "--models", "large-mlp"]) == 0
+    first = json.loads((tmp_path / "headline.json").read_text())
+    assert headline.main([*base, "--models", "small-cnn", "--add"]) == 0
+    merged = json.loads((tmp_path / "headline.json").read_text())
+    assert [r["model"] for r in merged["rows"]] == ["large-mlp", "small-cnn"]
+    assert merged["rows"][0] == first["rows"][0]  # the earlier row is kept as it was
+    assert merged["machine"] == first["machine"] and merged["layer"] == first["layer"]
+    assert merged["added_runs"][0]["models"] == ["small-cnn"] and len(layer_runs) == 1
+    assert len(pd.read_csv(tmp_path / "headline.csv")) == 2
+    assert headline.main([*base, "--models", "small-cnn", "--add"]) == 0  # replaces its rows
+    again = json.loads((tmp_path / "headline.json").read_text())
+    assert [r["model"] for r in again["rows"]] == ["large-mlp", "small-cnn"]
+    assert len(again["added_runs"]) == 2
+    with pytest.raises(SystemExit):
+        headline.main(["--smoke", "--out", str(tmp_path), "--retime", "--add"])
+    assert "--add runs networks" in capsys.readouterr().err
+
+
+def test_a_residual_network_runs_with_the_group_methods(smoke, data):
+    from pruning_utils.models import SmallResNet
+
+    torch.manual_seed(0)
+    resnet = SmallResNet(channels=(4, 8, 8), num_classes=3).eval()
+    table, _ = headline.run_benchmark(
+        ["toy-resnet"], methods=["group_l1", "group_interpolative", "l1_structured"],
+        dense_models={"toy-resnet": resnet}, data=data, layer=None, num_threads=1, **QUIET,
+    )
+    assert list(table.method_key) == ["group_l1", "group_interpolative"]  # no chain method
+    assert not table.method.str.contains("from scratch").any()  # no control for it
+    retimed, _ = headline.retime_benchmark(
+        {"mode": "smoke", "rows": table.to_dict(orient="records")},
+        dense_models={"toy-resnet": resnet}, data=data, layer=None, num_threads=1, **QUIET)
+    assert list(retimed.params) == list(table.params)

@@ -9,10 +9,12 @@ from torch import nn
 from pruning_utils.models import (
     MLP,
     MODEL_NAMES,
+    BasicBlock,
     LargeMLP,
     LeNet5,
     SimpleMLP,
     SmallCNN,
+    SmallResNet,
     build_model,
 )
 
@@ -201,3 +203,43 @@ def test_seeded_build_leaves_cuda_generators_alone(monkeypatch):
     assert torch.equal(a.conv1.weight, b.conv1.weight)
     if cuda_state is not None:
         assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+
+
+def test_small_resnet_blocks_shortcuts_and_count():
+    model = build_model("small-resnet", seed=0)
+    assert isinstance(model, SmallResNet) and model.channels == (32, 64, 128)
+    first, second, third = model.layer1[0], model.layer2[0], model.layer3[0]
+    assert first.downsample is None  # identity shortcut: same shape
+    for block, (c_in, c_out) in ((second, (32, 64)), (third, (64, 128))):
+        conv = block.downsample.conv  # projection shortcut: 1×1 conv with the stride
+        assert conv.kernel_size == (1, 1) and conv.stride == (2, 2)
+        assert (conv.in_channels, conv.out_channels) == (c_in, c_out)
+        assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    expected = sum(c.in_channels * c.out_channels * c.kernel_size[0] * c.kernel_size[1]
+                   for c in convs) + 2 * sum(b.num_features for b in bns) + 128 * 10 + 10
+    assert all(c.bias is None for c in convs)
+    assert sum(p.numel() for p in model.parameters()) == expected == 308_074
+
+
+def test_small_resnet_adds_its_shortcut():
+    """A block computes ReLU(bn2(conv2(ReLU(bn1(conv1 x)))) + shortcut(x)), checked by hand."""
+    torch.manual_seed(0)
+    block = BasicBlock(4, 8, stride=2).eval()
+    x = torch.randn(2, 4, 9, 9)
+    main = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+    shortcut = block.downsample.bn(block.downsample.conv(x))
+    torch.testing.assert_close(block(x), torch.relu(main + shortcut))
+    same = BasicBlock(4, 4).eval()
+    main = same.bn2(same.conv2(torch.relu(same.bn1(same.conv1(x)))))
+    torch.testing.assert_close(same(x), torch.relu(main + x))
+
+
+def test_small_resnet_bad_arguments():
+    with pytest.raises(ValueError, match="3 entries"):
+        SmallResNet(channels=(8, 16, 32, 64))
+    with pytest.raises(ValueError, match="stride"):
+        BasicBlock(4, 4, stride=3)
+    with pytest.raises(TypeError):
+        SmallResNet(channels=(8, 16.5, 32))

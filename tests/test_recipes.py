@@ -21,3 +21,19 @@ def test_trained_model_uses_the_book_recipe(monkeypatch):
 def test_trained_model_rejects_unknown_names():
     with pytest.raises(ValueError, match="name must be one of"):
         trained_model("resnet50")
+
+
+def test_the_resnet_is_narrower_in_smoke_mode(monkeypatch):
+    import sys
+
+    module = sys.modules["pruning_utils.train"]
+    calls = []
+    monkeypatch.setattr(module, "train_or_load", lambda *a, **kw: calls.append((a, kw)) or "model")
+    monkeypatch.setenv("PRUNING_BOOK_SMOKE", "1")
+    trained_model("small-resnet", progress=False)
+    monkeypatch.setenv("PRUNING_BOOK_SMOKE", "0")
+    trained_model("small-resnet", progress=False)
+    (_, smoke), (_, full) = calls
+    assert smoke["model_kwargs"] == {"channels": (8, 16, 32)}
+    assert full["model_kwargs"] == {}  # the default channels: one cache key for the full model
+    assert full["lr"] == BOOK_RECIPES["small-resnet"]["lr"]

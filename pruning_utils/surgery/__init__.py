@@ -11,6 +11,10 @@
 ``randomize``              swap layers for sampled-product layers (Drineas et al. 2006)
 ``magnitude_prune``        baseline: zero the smallest weights (unstructured)
 ``l1_structured_prune``    baseline: drop the units / filters of smallest L1 norm (Li et al.)
+``group_prune``            shrink the channels of networks with residual and concatenated
+                           blocks, group by group (found by tracing with ``torch.fx``)
+``GroupFit``               the trace and decompositions behind ``group_prune``, taken once
+``channel_groups``         which channels additions and concatenations tie together
 ``fold_batchnorm``         merge eval-mode BatchNorm into the preceding Linear / Conv2d
 ``save_pruned``            save a recipe of the new structure plus the state dict
 ``load_pruned``            rebuild the structure (optionally on top of a base model) and load
@@ -18,7 +22,7 @@
 
 One file per idea: ``report`` (what a transform did), ``tree`` (finding, walking and
 rebuilding layers), ``transform`` (the skeleton every transform runs through and the
-per-layer-type table), ``factorize``, ``width``, ``randomize``, ``baselines`` (the
+per-layer-type table), ``factorize``, ``width``, ``groups``, ``randomize``, ``baselines`` (the
 methods) and ``io`` (save and load). Every transform takes the model, then the value that
 says how much to keep, then keyword-only ``data``, ``generator``, ``layers``, ``inplace``;
 works on a deep copy unless ``inplace=True``; and attaches a :class:`PruningReport` to the
@@ -27,6 +31,14 @@ returned model as ``model.pruning_report``.
 
 from pruning_utils.surgery.baselines import l1_structured_prune, magnitude_prune
 from pruning_utils.surgery.factorize import LowRankFit, low_rank
+from pruning_utils.surgery.groups import (
+    GROUP_CRITERIA,
+    ChannelGroup,
+    GroupFit,
+    LayerUse,
+    channel_groups,
+    group_prune,
+)
 from pruning_utils.surgery.io import load_pruned, save_pruned
 from pruning_utils.surgery.randomize import randomize
 from pruning_utils.surgery.report import LayerChange, PruningReport
@@ -40,6 +52,12 @@ __all__ = [
     "low_rank",
     "pca_prune",
     "WidthFit",
+    "group_prune",
+    "GroupFit",
+    "ChannelGroup",
+    "LayerUse",
+    "channel_groups",
+    "GROUP_CRITERIA",
     "randomize",
     "magnitude_prune",
     "l1_structured_prune",

@@ -1,0 +1,108 @@
+"""The latency budget: the per-layer table (cache, interpolation), the greedy allocation and the
+budget transform's contract."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pruning_utils.budget import BudgetResult, LatencyTable, allocate_widths, latency_budget
+from pruning_utils.models import SmallResNet
+from pruning_utils.surgery import GroupFit
+
+
+@pytest.fixture(scope="module")
+def fit():
+    torch.manual_seed(0)
+    net = SmallResNet(channels=(4, 8, 16)).eval()
+    return GroupFit(net, data=torch.randn(32, 1, 28, 28))
+
+
+@pytest.fixture(scope="module")
+def table(fit, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("latency")
+    return LatencyTable(fit, 8, num_threads=1, min_run_time=0.002, cache=folder,
+                        fractions=(0.5, 1.0))
+
+
+def test_table_entries_cache_and_interpolation(fit, table):
+    frame = table.to_frame()
+    # the stem reads the image (one channel, no group): timed at input fraction 1 only
+    stem = frame[frame["layer"] == "stem.conv"]
+    assert stem["fraction_in"].tolist() == [1.0, 1.0]
+    assert stem["fraction_out"].tolist() == [0.5, 1.0]
+    fc = frame[frame["layer"] == "fc"]  # writes the logits: output fraction 1 only
+    assert fc["fraction_out"].tolist() == [1.0, 1.0]
+    assert len(frame) == 2 + 8 * 4 + 2  # 8 convolutions read and write groups
+    assert (frame["seconds"] > 0).all()
+    again = LatencyTable(fit, 8, num_threads=1, min_run_time=0.002, cache=table.path.parent,
+                         fractions=(0.5, 1.0))
+    assert again.cached and all(np.array_equal(again.seconds[k], v)
+                                for k, v in table.seconds.items())
+    # interpolation: halfway between the grid points of one layer
+    widths = {name: fit.group_width(name) for name in fit.prunable}
+    three_quarters = {**widths, "layer3.0.conv1": 12}  # 12 of 16: output fraction 0.75
+    grid = table.seconds["layer3.0.conv1"]  # rows: input fraction, columns: output fraction
+    assert table.layer_seconds(three_quarters)["layer3.0.conv1"] == pytest.approx(
+        (grid[1, 0] + grid[1, 1]) / 2)
+    table.calibrate(2 * sum(table.layer_seconds({}).values()))
+    assert table.predict({}) == pytest.approx(2 * sum(table.layer_seconds({}).values()))
+    half = fit.widths_for(keep=0.5)
+    assert table.activation_fraction(half) == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_damaged_cache_entry_is_measured_again(fit, tmp_path):
+    first = LatencyTable(fit, 4, num_threads=1, min_run_time=0.001, cache=tmp_path,
+                         fractions=(1.0,))
+    (path,) = tmp_path.glob("layers_b4_*.json")
+    path.write_text("{not json")
+    second = LatencyTable(fit, 4, num_threads=1, min_run_time=0.001, cache=tmp_path,
+                          fractions=(1.0,))
+    assert not second.cached and json.loads(path.read_text())["key"] == first.key
+
+
+def test_measured_entries_never_fall_with_more_channels(table):
+    for grid in table.seconds.values():
+        assert (np.diff(grid, axis=0) >= 0).all() and (np.diff(grid, axis=1) >= 0).all()
+
+
+def test_allocation_meets_the_prediction_and_prefers_cheap_error(fit, table):
+    measured = table.seconds
+    # a synthetic cost: every layer's time is the product of its channel fractions
+    table.seconds = {path: np.outer(*[np.asarray(side) for side in table._sides(use)])
+                     for path, use in ((u.path, u) for u in table.uses)}
+    table.calibrate(sum(table.layer_seconds({}).values()))
+    full = table.predict({})
+    assert allocate_widths(fit, table, 2 * full) == {n: fit.group_width(n) for n in fit.prunable}
+    widths = allocate_widths(fit, table, 0.7 * full)
+    assert table.predict(widths) <= 0.7 * full
+    assert all(1 <= k <= fit.group_width(n) for n, k in widths.items())
+    # one uniform fraction that also meets the prediction has a larger estimated error
+    uniform = fit.widths_for(keep=0.7)
+    assert table.predict(uniform) <= 0.7 * full
+    def error(w):
+        return sum(float(fit.residuals(n)[k]) for n, k in w.items())
+    assert error(widths) < error(uniform)
+    table.seconds = measured
+
+
+def test_latency_budget_contract(fit, table):
+    net = fit._model
+    x = torch.randn(8, 1, 28, 28)
+    result = latency_budget(fit, 1.2, reference=net, example_input=x, table=table, rounds=2,
+                            timing_rounds=2, min_run_time=0.02, num_threads=1)
+    assert isinstance(result, BudgetResult) and 1 <= len(result.rounds) <= 2
+    for name, k in result.widths.items():
+        assert k <= fit.group_width(name)
+    assert result.model.pruning_report.settings["widths"] == {
+        n: k for n, k in result.widths.items() if k < fit.group_width(n)}
+    assert result.estimated_error >= 0
+    with pytest.raises(ValueError, match="speedup"):
+        latency_budget(fit, 1.0, reference=net, example_input=x, table=table)
+    with pytest.raises(ValueError, match="batch size"):
+        latency_budget(fit, 2.0, reference=net, example_input=x[:4], table=table)
+    with pytest.raises(TypeError, match="GroupFit"):
+        latency_budget(net, 2.0, reference=net, example_input=x)
+    with pytest.raises(ValueError, match="fractions must include 1.0"):
+        LatencyTable(fit, 8, fractions=(0.5,), cache=False)
