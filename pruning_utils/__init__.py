@@ -9,6 +9,7 @@ experiment harness (``measure``, ``sweeps``, ``headline``, ``plots``, with ``dat
 """
 
 
+from pruning_utils import results
 from pruning_utils.budget import BudgetResult, LatencyTable, allocate_widths, latency_budget
 from pruning_utils.config import (
     RunConfig,

@@ -2,9 +2,10 @@
 
 Usage::
 
-    python scripts/execute_notebooks.py [--smoke] [--report CSV] [notebooks/NN_name.ipynb ...]
+    python scripts/execute_notebooks.py [--smoke] [--report CSV] [notebooks/NAME.ipynb ...]
 
-Without ``--smoke`` (``make execute``) every chapter (default: all of ``notebooks/``) runs in
+Without ``--smoke`` (``make execute``) every notebook (default: all of ``notebooks/``: the
+chapters ``NN_name.ipynb`` and the pages outside them, such as the guide) runs in
 full mode and its outputs, the ones the book shows, are stored in the notebook. ``--smoke`` runs
 the quick mode of the tests instead and leaves the notebook files as they are.
 
@@ -36,6 +37,7 @@ REPORT = ROOT / "results" / "execution.csv"
 COLUMNS = ("chapter", "notebook", "mode", "seconds", "load_before", "load_after", "cpu",
            "threads", "torch", "device", "date", "note")
 KEY = ("notebook", "mode", "device")  # one row per chapter, mode and device
+NOTEBOOK_GLOB = "*.ipynb"  # as scripts/sync_install_cells.py: every notebook of the book
 
 
 def load_average() -> float | None:
@@ -124,13 +126,13 @@ def run_chapter(path: Path, *, smoke: bool, report: Path) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path,
-                        help="chapters to run (default: notebooks/NN_*.ipynb)")
+                        help="notebooks to run (default: notebooks/*.ipynb)")
     parser.add_argument("--smoke", action="store_true",
                         help="quick mode of the tests; the notebooks' stored outputs are kept")
     parser.add_argument("--report", type=Path, default=REPORT,
                         help=f"execution report to update (default: {REPORT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))
     missing = [p for p in paths if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {missing[0]}")

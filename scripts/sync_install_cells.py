@@ -35,7 +35,9 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "_config.yml"
 PYPROJECT = ROOT / "pyproject.toml"
-NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+#: Every notebook of the book: the chapters (NN_name.ipynb) and the pages outside them
+#: (the guide, the key results).
+NOTEBOOK_GLOB = "*.ipynb"
 
 COLAB_GUARD = '"google.colab" in sys.modules'
 _RAW_LINK = re.compile(r"https://raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/[^/\s\"']+/")

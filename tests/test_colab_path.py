@@ -25,7 +25,6 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 FORK_URL, FORK_BRANCH = "https://github.com/someone/pruning-fork", "dev"
 
 
@@ -39,6 +38,8 @@ def _load_sync_script() -> types.ModuleType:
 
 
 sync = _load_sync_script()
+#: every notebook of the book, chapters and other pages (the guide, the key results)
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(sync.NOTEBOOK_GLOB))
 
 
 def _install_cell(path: Path) -> str:

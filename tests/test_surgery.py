@@ -656,6 +656,19 @@ def test_save_load_sequential_models_without_base(tmp_path):
     torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)
 
 
+def test_settings_given_as_numpy_scalars_are_saved_as_python_numbers(tmp_path):
+    # a setting read from a DataFrame is a numpy scalar; the saved file must still load with
+    # torch.load(weights_only=True), which refuses numpy objects
+    X = torch.randn(12, 20)
+    mlp = _mlp().eval()
+    model = pca_prune(mlp, np.float64(0.9), method="interpolative", data=X)
+    settings = model.pruning_report.to_dict()["settings"]
+    assert all(type(v) in (bool, int, float, str, type(None)) for v in settings.values())
+    loaded = _roundtrip(model, tmp_path, x=torch.randn(4, 20))
+    assert loaded.pruning_report.summary() == model.pruning_report.summary()
+    assert _roundtrip(low_rank(mlp, rank=np.int64(4)), tmp_path) is not None
+
+
 def test_save_load_torchvision_needs_base_model(tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()

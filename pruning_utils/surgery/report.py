@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import Tensor, nn
 
 from pruning_utils.layers import LowRankConv2d, LowRankLinear, SpatialLowRankConv2d
@@ -150,8 +151,14 @@ def primitive(value: Any) -> Any:
         return {str(k): primitive(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [primitive(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
+    # exact types: numpy.float64 is a subclass of float, but torch.load(weights_only=True)
+    # cannot read it back, so numpy (and other) scalars become plain Python numbers below
+    if value is None or type(value) in (bool, int, float, str):
         return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
     if is_int(value):
         return int(value)
     if is_real(value):
