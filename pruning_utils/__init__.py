@@ -77,6 +77,7 @@ from pruning_utils.models import (
     LeNet5,
     SimpleMLP,
     SmallCNN,
+    VisionTransformer,
     build_model,
 )
 from pruning_utils.nnutils import capture_inputs, seeded
@@ -100,9 +101,12 @@ from pruning_utils.stats import (
 from pruning_utils.surgery import (
     PCA_METHODS,
     SCHEMES,
+    HeadFit,
     LayerChange,
     LowRankFit,
     PruningReport,
+    StreamFit,
+    UnitFit,
     WidthFit,
     fold_batchnorm,
     l1_structured_prune,
@@ -110,8 +114,11 @@ from pruning_utils.surgery import (
     low_rank,
     magnitude_prune,
     pca_prune,
+    prune_heads,
+    prune_units,
     randomize,
     save_pruned,
+    slice_stream,
 )
 from pruning_utils.sweeps import summarize, sweep
 from pruning_utils.train import (

@@ -12,16 +12,22 @@
 ``magnitude_prune``        baseline: zero the smallest weights (unstructured)
 ``l1_structured_prune``    baseline: drop the units / filters of smallest L1 norm (Li et al.)
 ``fold_batchnorm``         merge eval-mode BatchNorm into the preceding Linear / Conv2d
+``slice_stream``           transformer: rotate the residual stream onto its principal axes
+                           and slice it (SliceGPT, Ashkboos et al. 2024)
+``prune_heads``            transformer: keep attention heads chosen by interpolative
+                           decomposition, correction folded into the output projection
+``prune_units``            transformer: keep MLP hidden units by interpolative decomposition
 ``save_pruned``            save a recipe of the new structure plus the state dict
 ``load_pruned``            rebuild the structure (optionally on top of a base model) and load
 =========================  ===========================================================
 
 One file per idea: ``report`` (what a transform did), ``tree`` (finding, walking and
 rebuilding layers), ``transform`` (the skeleton every transform runs through and the
-per-layer-type table), ``factorize``, ``width``, ``randomize``, ``baselines`` (the
-methods) and ``io`` (save and load). Every transform takes the model, then the value that
-says how much to keep, then keyword-only ``data``, ``generator``, ``layers``, ``inplace``;
-works on a deep copy unless ``inplace=True``; and attaches a :class:`PruningReport` to the
+per-layer-type table), ``factorize``, ``width``, ``randomize``, ``baselines``,
+``transformer`` (the methods) and ``io`` (save and load). Every transform takes the
+model, then the value that says how much to keep, then keyword-only ``data``,
+``generator``, ``layers``, ``inplace``; works on a deep copy unless ``inplace=True``; and
+attaches a :class:`PruningReport` to the
 returned model as ``model.pruning_report``.
 """
 
@@ -31,6 +37,15 @@ from pruning_utils.surgery.io import load_pruned, save_pruned
 from pruning_utils.surgery.randomize import randomize
 from pruning_utils.surgery.report import LayerChange, PruningReport
 from pruning_utils.surgery.transform import LAYER_KINDS, SCHEMES, LayerKind, layer_kind
+from pruning_utils.surgery.transformer import (
+    HeadFit,
+    StreamFit,
+    UnitFit,
+    prune_heads,
+    prune_units,
+    slice_stream,
+    transformer_parts,
+)
 from pruning_utils.surgery.width import PCA_METHODS, WidthFit, fold_batchnorm, pca_prune
 
 __all__ = [
@@ -44,6 +59,13 @@ __all__ = [
     "magnitude_prune",
     "l1_structured_prune",
     "fold_batchnorm",
+    "slice_stream",
+    "StreamFit",
+    "prune_heads",
+    "HeadFit",
+    "prune_units",
+    "UnitFit",
+    "transformer_parts",
     "save_pruned",
     "load_pruned",
     "LAYER_KINDS",
