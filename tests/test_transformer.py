@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from pruning_utils.measure import count_flops
 from pruning_utils.methods import get_method, methods_for
 from pruning_utils.models import SelfAttention, VisionTransformer, build_model
 from pruning_utils.surgery import (
@@ -71,13 +73,20 @@ def test_vit_shapes_and_parameters():
         VisionTransformer(dim=10, heads=4)
 
 
-def test_attention_matches_explicit_softmax():
+def test_attention_matches_torch_sdpa():
     attn = SelfAttention(dim=8, heads=2, head_dim=3)
     x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
     q, k, v = (attn.split(layer(x)) for layer in (attn.q, attn.k, attn.v))
-    weights = torch.softmax(q @ k.transpose(-1, -2) / 3**0.5, dim=-1)
-    z = (weights @ v).transpose(1, 2).reshape(2, 5, 6)
+    z = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 5, 6)
     torch.testing.assert_close(attn(x), attn.out(z), atol=1e-6, rtol=1e-5)
+
+
+def test_flops_count_every_product():
+    model = build_model("vit", seed=0)
+    d, T, H, d_h, d_ff = 64, 17, 4, 16, 128
+    block = 2 * T * (4 * d * d + 2 * d * d_ff) + 2 * 2 * H * T * T * d_h
+    expected = 2 * 16 * 49 * d + 4 * block + 2 * d * 10
+    assert count_flops(model, torch.zeros(1, 1, 28, 28)) == expected
 
 
 # ----------------------------------------------------------------------------- the stream
