@@ -75,6 +75,7 @@ from pruning_utils.models import (
     MODEL_NAMES,
     LargeMLP,
     LeNet5,
+    RMSNorm,
     SimpleMLP,
     SmallCNN,
     VisionTransformer,
