@@ -39,7 +39,10 @@ the dense model. The json keeps the superseded speedups and the machine of both 
 each row's ``retime_ratio_b256`` (new batch-256 speedup over the previous one): run
 ``--retime`` twice to see how far a timing moves between two runs (``make headline`` does
 all three). Every finished row is also written to ``headline.partial.json`` in ``--out`` as
-soon as it is done; ``--resume`` continues an interrupted run from it.
+soon as it is done; ``--resume`` continues an interrupted run from it. ``--add --models vit``
+runs one more network (the vision transformer of chapter 6) and puts its rows into the table
+already in ``--out``, leaving the rows of the other networks, and their timings, as they were
+(the json lists each added run with its machine under ``added_runs``).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from pruning_utils.files import CorruptFileError, atomic_files
 from pruning_utils.layers import LowRankLinear
 from pruning_utils.measure import compare_latency, count_flops, count_params, machine_record
 from pruning_utils.methods import Method, get_method, methods_for
-from pruning_utils.models import SmallCNN
+from pruning_utils.models import SmallCNN, VisionTransformer
 from pruning_utils.nnutils import model_device, seeded
 from pruning_utils.stats import (
     Interval,
@@ -81,13 +84,13 @@ __all__ = [
 ]
 
 #: The networks of the headline table and the kind of network each one is.
-NETWORKS = {"large-mlp": "mlp", "small-cnn": "cnn"}
+NETWORKS = {"large-mlp": "mlp", "small-cnn": "cnn", "vit": "transformer"}
 
 
 def benchmark_methods(
     network: str, methods: Sequence[str | Method] | None = None
 ) -> tuple[Method, ...]:
-    """The methods the benchmark runs on a network of kind ``"mlp"`` or ``"cnn"``.
+    """The methods the benchmark runs on a network of one kind (:data:`NETWORKS`).
 
     Default: every registered method for that kind of network that has a grid. ``methods``
     (names, labels or :class:`~pruning_utils.methods.Method` objects, registered or not)
@@ -376,7 +379,9 @@ def load_benchmark_data(
 
 
 def _network(model: nn.Module) -> str:
-    """``"cnn"`` for a model with a convolution, else ``"mlp"``."""
+    """``"transformer"`` for the ViT, ``"cnn"`` for a model with a convolution, else ``"mlp"``."""
+    if isinstance(model, VisionTransformer):
+        return "transformer"
     return "cnn" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "mlp"
 
 
@@ -395,7 +400,8 @@ def _recipe(name: str) -> dict:
     """Learning rate, batch size and epochs with which the network ``name`` is trained."""
     config = get_config()
     recipe = dict(BOOK_RECIPES.get(name, {"lr": 1e-3, "batch_size": 256}))
-    recipe["epochs"] = config.epochs_cnn if name == "small-cnn" else config.epochs_mlp
+    recipe["epochs"] = {"small-cnn": config.epochs_cnn, "vit": config.epochs_vit}.get(
+        name, config.epochs_mlp)
     return recipe
 
 
@@ -914,7 +920,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.01,
                         help="allowed accuracy drop, as a fraction (default 0.01 = 1 point)")
     parser.add_argument("--models", nargs="+", default=["large-mlp", "small-cnn"],
-                        choices=["large-mlp", "small-cnn"])
+                        choices=list(NETWORKS))
     parser.add_argument("--methods", nargs="+", default=None,
                         help="only these methods (names as in the table)")
     parser.add_argument("--no-control", action="store_true",
@@ -924,6 +930,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "interrupted run's) instead of computing them again")
     parser.add_argument("--retime", action="store_true",
                         help="keep the choices in --out/headline.json and time them again")
+    parser.add_argument("--add", action="store_true",
+                        help="run only --models and put their rows into the table already in "
+                             "--out/headline.json (replacing earlier rows of these networks, "
+                             "keeping the others with their timings)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -935,6 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--retime times every row of the earlier run; drop --methods")
     if args.retime and args.resume:
         parser.error("--resume continues a run; --retime times a finished one: pick one")
+    if args.retime and args.add:
+        parser.error("--add runs new networks; --retime times a finished run: pick one")
     if args.smoke:
         os.environ[SMOKE_ENV] = "1"
     config = get_config()
@@ -942,6 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.retime:
         return _retime(out, args.threads)
 
+    earlier = _earlier_run(out, args, config) if args.add else None
     machine = machine_record(args.threads)
     start = time.perf_counter()
     data = load_benchmark_data(args.fine_tune_images or None)
@@ -949,9 +962,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads,
         data=data, control=not args.no_control, resume=args.resume,
         checkpoint=(out / "headline.partial.json"),
+        layer=None if args.add else (2048, 8192, 128),
     )
     seconds = time.perf_counter() - start
     after = machine_record(args.threads)
+    if earlier is not None:
+        return _add_rows(out, earlier, table, args, data, seconds, machine, after)
 
     _print_results(table, layer, "smoke" if config.smoke else "full", args.threads)
     print(f"Total time: {seconds:.0f} s")
@@ -973,6 +989,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["machine"].pop("load_average")
     _write(out, table, meta)
     (out / "headline.partial.json").unlink(missing_ok=True)  # the run is whole now
+    return 0
+
+
+def _earlier_run(out: Path, args: argparse.Namespace, config) -> dict:
+    """``--add``: the results in ``out/headline.json``, checked to be of the same protocol."""
+    path = out / "headline.json"
+    if not path.is_file():
+        raise SystemExit(f"--add puts rows into an earlier run's table: {path} does not exist")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(path, f"is not valid JSON ({exc})",
+                               "run the benchmark again without --add") from exc
+    mode = "smoke" if config.smoke else "full"
+    same = {"mode": mode, "tolerance": args.tolerance,
+            "fine_tune_images": args.fine_tune_images or None}
+    differ = {k: (meta.get(k), v) for k, v in same.items() if meta.get(k) != v}
+    if "protocol" not in meta or differ:
+        raise SystemExit(
+            f"--add needs an earlier run of the same protocol in {path}; it differs in "
+            f"{differ or 'protocol (written before the validation protocol)'}"
+        )
+    return meta
+
+
+def _add_rows(out: Path, meta: dict, table: pd.DataFrame, args: argparse.Namespace,
+              data: BenchmarkData, seconds: float, machine: dict, after: dict) -> int:
+    """``--add``: the earlier rows of other networks, then this run's rows, written out."""
+    kept = [row for row in meta["rows"] if row["model"] not in args.models]
+    rows = kept + table.to_dict(orient="records")
+    run = {"models": list(args.models), "methods": args.methods, "control": not args.no_control,
+           "seconds": seconds, "protocol": _protocol(args, data),
+           "machine": {**machine, "load_before": machine["load_average"],
+                       "load_after": after["load_average"]}}
+    run["machine"].pop("load_average")
+    meta.setdefault("added_runs", []).append(run)
+    meta["rows"] = rows
+    merged = pd.DataFrame(rows)
+    _print_results(merged, meta.get("layer"), meta["mode"], args.threads)
+    print(f"Added {len(table)} rows of {', '.join(args.models)} in {seconds:.0f} s")
+    _write(out, merged, meta)
+    (out / "headline.partial.json").unlink(missing_ok=True)
     return 0
 
 

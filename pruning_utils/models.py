@@ -290,6 +290,12 @@ class RMSNorm(nn.Module):
         else:
             self.register_parameter("weight", None)
 
+    def reset_parameters(self) -> None:
+        """The scale back to ones."""
+        if self.weight is not None:
+            with torch.no_grad():
+                self.weight.fill_(1.0)
+
     def forward(self, x: Tensor) -> Tensor:
         y = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.mean_over + self.eps)
         return y if self.weight is None else y * self.weight
@@ -325,6 +331,13 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Linear(self.channels * self.patch_size**2, self.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
         self.position = nn.Parameter(0.02 * torch.randn(1, self.tokens, self.dim))
+
+    def reset_parameters(self) -> None:
+        """A fresh start: ``proj`` as nn.Linear, zero class token, position ~ N(0, 0.02²)."""
+        self.proj.reset_parameters()
+        with torch.no_grad():
+            self.cls_token.zero_()
+            self.position.normal_(0.0, 0.02)
 
     def patches(self, x: Tensor) -> Tensor:
         """``(N, C, H, W)`` → ``(N, T − 1, C·p²)``, patches row by row."""
