@@ -90,7 +90,7 @@ NETWORKS = {"large-mlp": "mlp", "small-cnn": "cnn", "vit": "transformer"}
 def benchmark_methods(
     network: str, methods: Sequence[str | Method] | None = None
 ) -> tuple[Method, ...]:
-    """The methods the benchmark runs on a network of one kind (:data:`NETWORKS`).
+    """The methods the benchmark runs on a network of a kind: ``"mlp"``, ``"cnn"``, ...
 
     Default: every registered method for that kind of network that has a grid. ``methods``
     (names, labels or :class:`~pruning_utils.methods.Method` objects, registered or not)

@@ -447,7 +447,7 @@ class VisionTransformer(_Sequential):
     ``num_classes × dim``). Every matrix is an explicit ``nn.Linear``: per block ``attn.q``,
     ``attn.k``, ``attn.v``, ``attn.out``, ``mlp.up``, ``mlp.down``. The normalization is
     RMSNorm, LayerNorm without the centring, so that a rotation of the residual stream can
-    be folded into the weights exactly (:func:`~pruning_utils.surgery.rotate_stream`).
+    be folded into the weights exactly (:func:`~pruning_utils.surgery.slice_stream`).
 
     Parameters
     ----------

@@ -40,6 +40,7 @@ from pruning_utils.surgery.transform import LAYER_KINDS, SCHEMES, LayerKind, lay
 from pruning_utils.surgery.transformer import (
     HeadFit,
     StreamFit,
+    TransformerParts,
     UnitFit,
     prune_heads,
     prune_units,
@@ -66,6 +67,7 @@ __all__ = [
     "prune_units",
     "UnitFit",
     "transformer_parts",
+    "TransformerParts",
     "save_pruned",
     "load_pruned",
     "LAYER_KINDS",
