@@ -387,7 +387,7 @@ class HeadFit:
                 for h in range(attn.heads)], dim=1)
             qr = PivotedQR(contributions)
             self.order[path] = [int(i) for i in qr.perm]
-            self.outputs[path] = Z
+            self.outputs[path] = Z.cpu()  # the least-squares solve runs on the CPU (gelsd)
 
     def heads_for(self, keep: float) -> dict[str, list[int]]:
         """``{block: kept heads}`` (in pivot order) for a fraction ``keep`` of the heads."""
@@ -430,7 +430,7 @@ def _remove_heads(
     W_out = attn.out.weight.detach()
     if Z is not None:
         Z_J = Z[:, columns.cpu()]
-        T = torch.linalg.lstsq(Z_J, Z, driver="gelsd").solution  # (k d_h) × (H d_h)
+        T = torch.linalg.lstsq(Z_J, Z, driver="gelsd").solution  # (k d_h) × (H d_h), CPU
         W_new = (W_out.to(torch.float64) @ T.mT.to(W_out.device)).to(W_out.dtype)
     else:
         W_new = W_out[:, columns]
