@@ -14,7 +14,7 @@ name            layers                                                   paramet
 ``large-mlp``   784-128-512-2048-8192-2048-512-128-10                    35,897,866
 ``small-cnn``   3 × (conv3×3-BN-ReLU, max-pool), 32-64-128; 1152-128-10     241,770
 ``lenet5``      conv5×5 (6)-pool-conv5×5 (16)-pool-400-120-84-10             61,706
-``vit``         7×7 patches (16 + class token), 4 pre-norm blocks, d = 64   138,442
+``vit``         7×7 patches + class token, 4 pre-norm blocks, d = 64        138,442
 ==============  =======================================================  ==========
 
 On two CPU cores (PyTorch 2.14, fp32, batch 256) one training epoch over 60,000 images
