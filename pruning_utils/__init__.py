@@ -77,9 +77,11 @@ from pruning_utils.models import (
     MODEL_NAMES,
     LargeMLP,
     LeNet5,
+    RMSNorm,
     SimpleMLP,
     SmallCNN,
     SmallResNet,
+    VisionTransformer,
     build_model,
 )
 from pruning_utils.nnutils import capture_inputs, seeded
@@ -105,9 +107,12 @@ from pruning_utils.surgery import (
     SCHEMES,
     ChannelGroup,
     GroupFit,
+    HeadFit,
     LayerChange,
     LowRankFit,
     PruningReport,
+    StreamFit,
+    UnitFit,
     WidthFit,
     channel_groups,
     fold_batchnorm,
@@ -117,8 +122,11 @@ from pruning_utils.surgery import (
     low_rank,
     magnitude_prune,
     pca_prune,
+    prune_heads,
+    prune_units,
     randomize,
     save_pruned,
+    slice_stream,
 )
 from pruning_utils.sweeps import summarize, sweep
 from pruning_utils.train import (

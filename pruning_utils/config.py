@@ -80,8 +80,8 @@ class RunConfig:
         Number of training / test images used (``None``: the whole split).
     calibration_size:
         Number of training images used as calibration data for data-aware pruning.
-    epochs_mlp, epochs_cnn:
-        Training epochs of the MLPs and of the CNNs.
+    epochs_mlp, epochs_cnn, epochs_vit:
+        Training epochs of the MLPs, of the CNNs and of the vision transformer.
     fine_tune_epochs:
         Epochs of fine-tuning after pruning (the book never uses more than one).
     sweep_points:
@@ -109,6 +109,7 @@ class RunConfig:
     calibration_size: int
     epochs_mlp: int
     epochs_cnn: int
+    epochs_vit: int
     fine_tune_epochs: int
     sweep_points: int
     seeds: tuple[int, ...]
@@ -128,6 +129,7 @@ _FULL = dict(
     calibration_size=2048,
     epochs_mlp=5,
     epochs_cnn=5,
+    epochs_vit=10,
     fine_tune_epochs=1,
     sweep_points=9,
     seeds=(0, 1, 2, 3, 4),
@@ -142,6 +144,7 @@ _SMOKE = dict(
     calibration_size=256,
     epochs_mlp=1,
     epochs_cnn=1,
+    epochs_vit=1,
     fine_tune_epochs=1,
     sweep_points=3,
     seeds=(0, 1),

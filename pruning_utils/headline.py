@@ -43,7 +43,10 @@ the dense model. The json keeps the superseded speedups and the machine of both 
 each row's ``retime_ratio_b256`` (new batch-256 speedup over the previous one): run
 ``--retime`` twice to see how far a timing moves between two runs (``make headline`` does
 all three). Every finished row is also written to ``headline.partial.json`` in ``--out`` as
-soon as it is done; ``--resume`` continues an interrupted run from it.
+soon as it is done; ``--resume`` continues an interrupted run from it. ``--add --models vit``
+runs one more network (the vision transformer of chapter 6) and puts its rows into the table
+already in ``--out``, leaving the rows of the other networks, and their timings, as they were
+(the json lists each added run with its machine under ``added_runs``).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from pruning_utils.files import CorruptFileError, atomic_files
 from pruning_utils.layers import LowRankLinear
 from pruning_utils.measure import compare_latency, count_flops, count_params, machine_record
 from pruning_utils.methods import Method, get_method, methods_for
-from pruning_utils.models import SmallCNN
+from pruning_utils.models import SmallCNN, VisionTransformer
 from pruning_utils.nnutils import model_device, seeded
 from pruning_utils.stats import (
     Interval,
@@ -86,15 +89,16 @@ __all__ = [
 ]
 
 #: The networks of the headline table and the kind of network each one is. The default run
-#: covers the first two; ``--models small-resnet --add`` adds the ResNet's rows to a table.
-NETWORKS = {"large-mlp": "mlp", "small-cnn": "cnn", "small-resnet": "cnn"}
+#: covers the first two; ``--models small-resnet --add`` (or ``vit``) adds a network's rows to
+#: a table.
+NETWORKS = {"large-mlp": "mlp", "small-cnn": "cnn", "small-resnet": "cnn", "vit": "transformer"}
 DEFAULT_MODELS = ("large-mlp", "small-cnn")
 
 
 def benchmark_methods(
     network: str, methods: Sequence[str | Method] | None = None, *, chain: bool = True
 ) -> tuple[Method, ...]:
-    """The methods the benchmark runs on a network of kind ``"mlp"`` or ``"cnn"``.
+    """The methods the benchmark runs on a network of a kind: ``"mlp"``, ``"cnn"``, ...
 
     Default: every registered method for that kind of network that has a grid. ``methods``
     (names, labels or :class:`~pruning_utils.methods.Method` objects, registered or not)
@@ -399,7 +403,9 @@ def load_benchmark_data(
 
 
 def _network(model: nn.Module) -> str:
-    """``"cnn"`` for a model with a convolution, else ``"mlp"``."""
+    """``"transformer"`` for the ViT, ``"cnn"`` for a model with a convolution, else ``"mlp"``."""
+    if isinstance(model, VisionTransformer):
+        return "transformer"
     return "cnn" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "mlp"
 
 
@@ -418,8 +424,8 @@ def _recipe(name: str) -> dict:
     """Learning rate, batch size and epochs with which the network ``name`` is trained."""
     config = get_config()
     recipe = dict(BOOK_RECIPES.get(name, {"lr": 1e-3, "batch_size": 256}))
-    cnn = name in ("small-cnn", "small-resnet")
-    recipe["epochs"] = config.epochs_cnn if cnn else config.epochs_mlp
+    recipe["epochs"] = {"small-cnn": config.epochs_cnn, "small-resnet": config.epochs_cnn,
+                        "vit": config.epochs_vit}.get(name, config.epochs_mlp)
     return recipe
 
 
@@ -980,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_record(args.threads)
     start = time.perf_counter()
     data = load_benchmark_data(args.fine_tune_images or None)
-    earlier = _earlier_results(out, "smoke" if config.smoke else "full") if args.add else None
+    earlier = _earlier_results(out, "smoke" if config.smoke else "full", args) if args.add else None
     table, layer = run_benchmark(
         args.models, methods=args.methods, tolerance=args.tolerance, num_threads=args.threads,
         data=data, control=not args.no_control, resume=args.resume,
@@ -989,7 +995,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - start
     after = machine_record(args.threads)
-
     _print_results(table, layer, "smoke" if config.smoke else "full", args.threads)
     print(f"Total time: {seconds:.0f} s")
 
@@ -1016,7 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _earlier_results(out: Path, mode: str) -> dict | None:
+def _earlier_results(out: Path, mode: str, args: argparse.Namespace) -> dict | None:
     """The results in ``out/headline.json`` that ``--add`` merges into (None: none yet)."""
     path = out / "headline.json"
     if not path.is_file():
@@ -1030,6 +1035,11 @@ def _earlier_results(out: Path, mode: str) -> dict | None:
                                "run the benchmark again without --add") from exc
     if meta.get("mode") != mode:
         raise SystemExit(f"--add: {path} holds a {meta.get('mode')!r} run, not a {mode!r} one")
+    same = {"tolerance": args.tolerance, "fine_tune_images": args.fine_tune_images or None}
+    differ = {k: (meta.get(k), v) for k, v in same.items() if meta.get(k) != v}
+    if "protocol" not in meta or differ:
+        raise SystemExit(f"--add needs an earlier run of the same protocol in {path}; it differs "
+                         f"in {differ or 'protocol (written before the validation protocol)'}")
     if not isinstance(rows, list):
         raise CorruptFileError(path, "has no list of rows", "run the benchmark again")
     return meta

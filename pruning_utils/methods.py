@@ -31,14 +31,20 @@ from torch import nn
 
 from pruning_utils.surgery import (
     GroupFit,
+    HeadFit,
     LowRankFit,
+    StreamFit,
+    UnitFit,
     WidthFit,
     group_prune,
     l1_structured_prune,
     low_rank,
     magnitude_prune,
     pca_prune,
+    prune_heads,
+    prune_units,
     randomize,
+    slice_stream,
 )
 from pruning_utils.validation import check_real, is_int
 
@@ -51,6 +57,9 @@ __all__ = [
     "most_compressed_within",
     "palette",
 ]
+
+#: The kinds of network a method may apply to.
+NETWORK_KINDS: tuple[str, ...] = ("mlp", "cnn", "transformer")
 
 #: ``apply(model, value, *, data, generator) -> new model``.
 Apply = Callable[..., nn.Module]
@@ -91,7 +100,8 @@ class Method:
         Colour in figures.
     networks:
         Kinds of network the method applies to: ``"mlp"`` (chains of Linear layers),
-        ``"cnn"`` (convolutional networks).
+        ``"cnn"`` (convolutional networks), ``"transformer"`` (the pre-norm vision
+        transformer, ``build_model("vit")``).
     fit:
         Optional ``fit(model, data, **options) -> prune(value, generator)``: the expensive part
         (decompositions, activation capture) done once per model and data, every setting
@@ -141,9 +151,9 @@ class Method:
             raise TypeError(f"Method.apply must be callable, got {type(self.apply).__name__}")
         if self.fit is not None and not callable(self.fit):
             raise TypeError(f"Method.fit must be callable or None, got {type(self.fit).__name__}")
-        unknown = set(self.networks) - {"mlp", "cnn"}
+        unknown = set(self.networks) - set(NETWORK_KINDS)
         if unknown:
-            raise ValueError(f"Method.networks must be drawn from ('mlp', 'cnn'), got {unknown}")
+            raise ValueError(f"Method.networks must be drawn from {NETWORK_KINDS}, got {unknown}")
 
     def prune(
         self, model: nn.Module, value: Any, *, data: Any = None, generator: Any = None, **options
@@ -216,9 +226,9 @@ def get_method(method: str | Method) -> Method:
 
 
 def methods_for(network: str) -> list[Method]:
-    """The registered methods that apply to ``"mlp"`` or ``"cnn"`` networks, in order."""
-    if network not in ("mlp", "cnn"):
-        raise ValueError(f"network must be 'mlp' or 'cnn', got {network!r}")
+    """The registered methods that apply to ``"mlp"``, ``"cnn"`` or ``"transformer"`` networks."""
+    if network not in NETWORK_KINDS:
+        raise ValueError(f"network must be one of {list(NETWORK_KINDS)}, got {network!r}")
     return [m for m in METHODS.values() if network in m.networks]
 
 
@@ -342,6 +352,16 @@ def _group_fit(criterion: str, knob: str) -> Fit:
     return fit
 
 
+def _transformer_fit(kind: type) -> Fit:
+    """``fit`` of a transformer method: ``kind(model, data)`` once, then ``prune(value)``."""
+
+    def fit(model: nn.Module, data: Any, **options):
+        fitted = kind(model, data)
+        return lambda value, generator: fitted.prune(value, **options)
+
+    return fit
+
+
 def _randomized(layers: tuple[type[nn.Module], ...]) -> Apply:
     return lambda m, v, *, data=None, generator=None, **kw: randomize(
         m, v, generator=generator, **{"layers": layers, **kw}
@@ -353,6 +373,9 @@ _VARIANCES = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
 _KEEP_L1 = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _KEEP_MAGNITUDE = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 _SAMPLE_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+_KEEP_STREAM = (0.5, 0.625, 0.75, 0.875, 1.0)
+_KEEP_HEADS = (0.25, 0.5, 0.75, 1.0)
+_KEEP_UNITS = (0.125, 0.25, 0.5, 0.75, 1.0)
 _ENERGY = "energy kept, Σ_{i≤r} σ_i² / Σ σ_i² per layer"
 
 for _method in (
@@ -365,7 +388,7 @@ for _method in (
     Method(
         "low_rank_energy", "low rank", "energy", _low_rank_energy(),
         keeps=_ENERGY, grid=_ENERGIES, color="#56B4E9", fit=_low_rank_fit(),
-        aliases=("low rank (channel)",),
+        aliases=("low rank (channel)",), networks=("mlp", "cnn", "transformer"),
     ),
     Method(
         "pca_weights", "PCA weights (Alg. 2)", "variance", _pca("weights"),
@@ -418,7 +441,8 @@ for _method in (
         "low_rank_data", "low rank, data-aware", "energy",
         lambda m, v, *, data=None, generator=None, **kw: low_rank(m, energy=v, data=data, **kw),
         keeps="output energy kept, of the spectrum of W S (whitened)", needs_data=True,
-        grid=_ENERGIES, color="#1B9E77", networks=("mlp",), fit=_low_rank_fit(data_aware=True),
+        grid=_ENERGIES, color="#1B9E77", networks=("mlp", "transformer"),
+        fit=_low_rank_fit(data_aware=True),
     ),
     Method(
         "group_interpolative", "interpolative (residual-aware)", "variance",
@@ -438,6 +462,27 @@ for _method in (
         _randomized((nn.Conv2d, nn.Linear)),
         keeps="sampled fraction of each layer's inner dimension", randomized=True,
         fine_tunable=False, grid=_SAMPLE_FRACTIONS, color="#66A61E", networks=("cnn",),
+    ),
+    Method(
+        "slice_stream", "stream PCA (SliceGPT)", "keep",
+        lambda m, v, *, data=None, generator=None, **kw: slice_stream(m, v, data=data, **kw),
+        keeps="fraction of the residual-stream width d kept after the PCA rotation",
+        needs_data=True, grid=_KEEP_STREAM, color="#E7298A", networks=("transformer",),
+        fit=_transformer_fit(StreamFit), shrinks_width=True,
+    ),
+    Method(
+        "prune_heads", "heads (interpolative)", "keep",
+        lambda m, v, *, data=None, generator=None, **kw: prune_heads(m, v, data=data, **kw),
+        keeps="fraction of the attention heads of each block kept", needs_data=True,
+        grid=_KEEP_HEADS, color="#A6761D", networks=("transformer",),
+        fit=_transformer_fit(HeadFit), shrinks_width=True,
+    ),
+    Method(
+        "prune_units", "MLP units (interpolative)", "keep",
+        lambda m, v, *, data=None, generator=None, **kw: prune_units(m, v, data=data, **kw),
+        keeps="fraction of the hidden units of each block's MLP kept", needs_data=True,
+        grid=_KEEP_UNITS, color="#666666", networks=("transformer",),
+        fit=_transformer_fit(UnitFit), shrinks_width=True,
     ),
 ):  # fmt: skip
     register_method(_method)

@@ -1,5 +1,5 @@
 """The networks the book prunes: two MLPs from the original work, a small VGG-style CNN,
-LeNet-5 and a small residual network.
+LeNet-5, a small residual network and a small vision transformer.
 
 Every model but the ResNet is an :class:`torch.nn.Sequential` with named children, so that
 code walking a model layer by layer (folding BatchNorm, pruning hidden units or channels) sees
@@ -20,6 +20,7 @@ name              layers                                                   param
 ``lenet5``        conv5×5 (6)-pool-conv5×5 (16)-pool-400-120-84-10             61,706
 ``small-resnet``  stem conv3×3 (32)-pool, 3 stages of basic blocks            308,074
                   (32-64-128 channels at 14, 7, 4 px), avg-pool, 128-10
+``vit``           7×7 patches + class token, 4 pre-norm blocks, d = 64        138,442
 ================  =======================================================  ==========
 
 On two CPU cores (PyTorch 2.14, fp32, batch 256) one training epoch over 60,000 images
@@ -33,9 +34,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from pruning_utils.nnutils import seeded
+from pruning_utils.surgery.io import register_spec
 from pruning_utils.validation import check_choice, check_int, check_int_sequence, check_seed
 
 __all__ = [
@@ -47,6 +50,13 @@ __all__ = [
     "BasicBlock",
     "SmallResNet",
     "SMALL_RESNET_CHANNELS",
+    "RMSNorm",
+    "PatchEmbedding",
+    "SelfAttention",
+    "FeedForward",
+    "EncoderBlock",
+    "ClassToken",
+    "VisionTransformer",
     "MODEL_NAMES",
     "build_model",
 ]
@@ -362,12 +372,270 @@ class SmallResNet(_Sequential):
         self.channels = tuple(channels)
 
 
+# ----------------------------------------------------------------------------- vision transformer
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalization of the last dimension: ``x / rms(x) ⊙ g``.
+
+    ``rms(x) = sqrt(‖x‖² / mean_over + eps)``. LayerNorm is this applied to the centred
+    vector ``x − mean(x)``; without the centring, ``rms(x Q) = rms(x)`` for every
+    orthogonal ``Q`` (d × d), so a normalization without a scale (``affine=False``)
+    commutes with rotations of the residual stream: ``norm(x Q) = norm(x) Q``. The scale
+    ``g`` can be folded into the Linear layers that read the normalized vector.
+
+    Parameters
+    ----------
+    dim:
+        Width ``d`` of the normalized vectors.
+    eps:
+        Added to the mean square.
+    affine:
+        Learn a scale ``g`` of length ``dim`` (``weight``); ``False`` normalizes only.
+    mean_over:
+        The ``d`` of the mean square (default ``dim``). A residual stream sliced from
+        ``d`` to ``d' < d`` components keeps ``mean_over = d``, so that ``rms`` of the
+        sliced vector approximates ``rms`` of the full one.
+    """
+
+    def __init__(
+        self, dim: int, eps: float = 1e-6, affine: bool = True, mean_over: int | None = None
+    ) -> None:
+        super().__init__()
+        self.dim = check_int("dim", dim)
+        self.eps = float(eps)
+        self.affine = bool(affine)
+        self.mean_over = self.dim if mean_over is None else check_int("mean_over", mean_over)
+        if self.affine:
+            self.weight = nn.Parameter(torch.ones(self.dim))
+        else:
+            self.register_parameter("weight", None)
+
+    def reset_parameters(self) -> None:
+        """The scale back to ones."""
+        if self.weight is not None:
+            with torch.no_grad():
+                self.weight.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.mean_over + self.eps)
+        return y if self.weight is None else y * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, affine={self.affine}, mean_over={self.mean_over}"
+
+
+class PatchEmbedding(nn.Module):
+    """Image → tokens: cut into ``patch_size × patch_size`` patches, embed, add a class token.
+
+    A ``(N, channels, image_size, image_size)`` batch becomes ``(N, T, dim)`` with
+    ``T = (image_size / patch_size)² + 1``: token 0 is the learned class token
+    (``cls_token``), tokens 1…T−1 are the patches (row by row) through the Linear ``proj``
+    (``dim × channels·patch_size²``); a learned position embedding (``position``,
+    ``1 × T × dim``) is added to every token.
+    """
+
+    def __init__(
+        self, image_size: int = 28, patch_size: int = 7, channels: int = 1, dim: int = 64
+    ) -> None:
+        super().__init__()
+        self.image_size = check_int("image_size", image_size)
+        self.patch_size = check_int("patch_size", patch_size)
+        self.channels = check_int("channels", channels)
+        self.dim = check_int("dim", dim)
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size must divide image_size, got {self.patch_size} and {self.image_size}"
+            )
+        self.grid = self.image_size // self.patch_size
+        self.tokens = self.grid * self.grid + 1
+        self.proj = nn.Linear(self.channels * self.patch_size**2, self.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
+        self.position = nn.Parameter(0.02 * torch.randn(1, self.tokens, self.dim))
+
+    def reset_parameters(self) -> None:
+        """A fresh start: ``proj`` as nn.Linear, zero class token, position ~ N(0, 0.02²)."""
+        self.proj.reset_parameters()
+        with torch.no_grad():
+            self.cls_token.zero_()
+            self.position.normal_(0.0, 0.02)
+
+    def patches(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W)`` → ``(N, T − 1, C·p²)``, patches row by row."""
+        n, c, p, g = x.shape[0], self.channels, self.patch_size, self.grid
+        x = x.reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(n, g * g, c * p * p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.proj(self.patches(x))
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1) + self.position
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with four explicit projections ``q``, ``k``, ``v``, ``out``.
+
+    For tokens ``X`` (T × d) and head ``h`` with ``Q_h = X W_qhᵀ``, ``K_h``, ``V_h``
+    (T × d_h each): ``Z_h = softmax(Q_h K_hᵀ / √d_h) V_h``, and the output is
+    ``[Z_1 … Z_H] W_outᵀ + b_out``. The ``q``, ``k``, ``v`` layers are
+    ``(heads·head_dim) × dim``, ``out`` is ``dim × (heads·head_dim)``; rows
+    ``h·head_dim … (h+1)·head_dim − 1`` of ``q``, ``k``, ``v`` (and those columns of
+    ``out``) belong to head ``h``.
+    """
+
+    def __init__(
+        self, dim: int = 64, heads: int = 4, head_dim: int = 16, bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.dim = check_int("dim", dim)
+        self.heads = check_int("heads", heads)
+        self.head_dim = check_int("head_dim", head_dim)
+        self.bias = bool(bias)
+        inner = self.heads * self.head_dim
+        self.q = nn.Linear(self.dim, inner, bias=self.bias)
+        self.k = nn.Linear(self.dim, inner, bias=self.bias)
+        self.v = nn.Linear(self.dim, inner, bias=self.bias)
+        self.out = nn.Linear(inner, self.dim, bias=self.bias)
+
+    def split(self, y: Tensor) -> Tensor:
+        """``(N, T, heads·head_dim)`` → ``(N, heads, T, head_dim)``."""
+        n, t, _ = y.shape
+        return y.reshape(n, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def heads_output(self, x: Tensor) -> Tensor:
+        """``[Z_1 … Z_H]``, ``(N, T, heads·head_dim)``: the input of ``out``.
+
+        Written as two explicit batched products (not a fused attention kernel), so that
+        FLOP counters see the ``2·T²·d_h`` multiply-adds of every head.
+        """
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / self.head_dim**0.5, dim=-1)
+        return (weights @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.heads_output(x))
+
+
+class FeedForward(nn.Module):
+    """The MLP of an encoder block: ``down(GELU(up(x)))``, ``dim → hidden → dim``."""
+
+    def __init__(self, dim: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.dim = check_int("dim", dim)
+        self.hidden = check_int("hidden", hidden)
+        self.up = nn.Linear(self.dim, self.hidden)
+        self.act = nn.GELU()
+        self.down = nn.Linear(self.hidden, self.dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm encoder block: ``x ← x + attn(norm1(x))``, then ``x ← x + mlp(norm2(x))``.
+
+    ``x`` is the residual stream, ``(N, T, d)``: every block reads it through a
+    normalization and adds its output back to it.
+    """
+
+    def __init__(
+        self, dim: int = 64, heads: int = 4, head_dim: int = 16, hidden: int = 128
+    ) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = SelfAttention(dim, heads, head_dim)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = FeedForward(dim, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ClassToken(nn.Module):
+    """``(N, T, d)`` → ``(N, d)``: the class token (token 0) of every example."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 0]
+
+
+class VisionTransformer(_Sequential):
+    """A small vision transformer (Dosovitskiy et al. 2021) for ``1×28×28`` images.
+
+    ``embed`` (:class:`PatchEmbedding`: 7×7 patches, 16 patch tokens plus a class token,
+    ``T = 17``) → ``block1`` … ``block{depth}`` (:class:`EncoderBlock`, pre-norm, with
+    :class:`RMSNorm`) → ``norm`` → ``pool`` (:class:`ClassToken`) → ``head`` (Linear
+    ``num_classes × dim``). Every matrix is an explicit ``nn.Linear``: per block ``attn.q``,
+    ``attn.k``, ``attn.v``, ``attn.out``, ``mlp.up``, ``mlp.down``. The normalization is
+    RMSNorm, LayerNorm without the centring, so that a rotation of the residual stream can
+    be folded into the weights exactly (:func:`~pruning_utils.surgery.slice_stream`).
+
+    Parameters
+    ----------
+    dim:
+        Width ``d`` of the residual stream (default 64).
+    depth:
+        Number of encoder blocks (default 4).
+    heads:
+        Attention heads ``H`` per block (default 4).
+    head_dim:
+        Width ``d_h`` of a head (default ``dim // heads``).
+    hidden:
+        Hidden width ``d_ff`` of each block's MLP (default ``2 · dim``).
+    patch_size:
+        Side of the square patches (must divide 28; default 7).
+    num_classes:
+        Number of outputs (default 10).
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+        head_dim: int | None = None,
+        hidden: int | None = None,
+        patch_size: int = 7,
+        num_classes: int = 10,
+    ) -> None:
+        dim = check_int("dim", dim)
+        depth = check_int("depth", depth)
+        heads = check_int("heads", heads)
+        if head_dim is None:
+            if dim % heads:
+                raise ValueError(f"heads must divide dim when head_dim is not given, got {heads}"
+                                 f" and {dim}")
+            head_dim = dim // heads
+        head_dim = check_int("head_dim", head_dim)
+        hidden = check_int("hidden", 2 * dim if hidden is None else hidden)
+        num_classes = check_int("num_classes", num_classes)
+        layers: OrderedDict[str, nn.Module] = OrderedDict(
+            embed=PatchEmbedding(28, patch_size, 1, dim)
+        )
+        for i in range(1, depth + 1):
+            layers[f"block{i}"] = EncoderBlock(dim, heads, head_dim, hidden)
+        layers["norm"] = RMSNorm(dim)
+        layers["pool"] = ClassToken()
+        layers["head"] = nn.Linear(dim, num_classes)
+        super().__init__(layers)
+        self.dim, self.depth, self.heads, self.head_dim, self.hidden = (
+            dim, depth, heads, head_dim, hidden)
+
+
+# save_pruned / load_pruned rebuild these from their attributes (a sliced or pruned block)
+register_spec(RMSNorm, ("dim", "eps", "affine", "mean_over"))
+register_spec(PatchEmbedding, ("image_size", "patch_size", "channels", "dim"))
+register_spec(SelfAttention, ("dim", "heads", "head_dim", "bias"))
+register_spec(FeedForward, ("dim", "hidden"))
+
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "simple-mlp": SimpleMLP,
     "large-mlp": LargeMLP,
     "small-cnn": SmallCNN,
     "lenet5": LeNet5,
     "small-resnet": SmallResNet,
+    "vit": VisionTransformer,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -380,7 +648,7 @@ def build_model(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
     ----------
     name:
         One of ``MODEL_NAMES``: ``"simple-mlp"``, ``"large-mlp"``, ``"small-cnn"``, ``"lenet5"``,
-        ``"small-resnet"``.
+        ``"small-resnet"``, ``"vit"``.
     seed:
         When given, the initial weights are drawn from torch's CPU generator seeded with
         ``seed`` (the global random state, CPU and CUDA, is left as it was), so the same seed

@@ -639,7 +639,7 @@ def train_or_load(
         ``(x, y)`` pairs.
     epochs:
         Training epochs; default ``get_config().epochs_mlp`` for MLPs and LeNet-5 and
-        ``epochs_cnn`` for ``"small-cnn"`` and ``"small-resnet"``.
+        ``epochs_cnn`` for ``"small-cnn"`` and ``"small-resnet"``, ``epochs_vit`` for ``"vit"``.
     seed:
         Seed of the initial weights (fresh models are built on the CPU under it, so the
         initial weights are the same on every device) and of the training
@@ -707,9 +707,9 @@ def train_or_load(
             f"got {type(name_or_factory).__name__}"
         )
     if epochs is None:
-        is_cnn = isinstance(name_or_factory, str) and name_or_factory.lower() in (
-            "small-cnn", "small-resnet")
-        epochs = config.epochs_cnn if is_cnn else config.epochs_mlp
+        key = name_or_factory.lower() if isinstance(name_or_factory, str) else None
+        epochs = {"small-cnn": config.epochs_cnn, "small-resnet": config.epochs_cnn,
+                  "vit": config.epochs_vit}.get(key, config.epochs_mlp)
     epochs = check_int("epochs", epochs)
     seed = check_seed("seed", seed)
     lr = check_real("lr", lr, lower=0.0, include_lower=False)
@@ -792,6 +792,7 @@ BOOK_RECIPES: dict[str, dict] = {
     "small-cnn": {"lr": 1e-3, "batch_size": 256},
     "lenet5": {"lr": 1e-3, "batch_size": 256},
     "small-resnet": {"lr": 1e-3, "batch_size": 256},
+    "vit": {"lr": 1e-3, "batch_size": 256},
 }
 
 
@@ -812,7 +813,8 @@ def trained_model(
     Parameters
     ----------
     name:
-        ``"simple-mlp"``, ``"large-mlp"``, ``"small-cnn"``, ``"lenet5"`` or ``"small-resnet"``.
+        ``"simple-mlp"``, ``"large-mlp"``, ``"small-cnn"``, ``"lenet5"``, ``"small-resnet"`` or
+        ``"vit"``.
     dataset:
         Dataset name for :func:`~pruning_utils.data.load_dataset`.
     seed:

@@ -202,6 +202,29 @@ def test_command_line_writes_both_files(smoke, data, tmp_path, monkeypatch):
     assert all(r["retime_ratio_b256"] > 0 for r in after["rows"])
 
 
+def test_add_keeps_earlier_rows_and_refuses_another_protocol(smoke, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(headline, "load_benchmark_data", lambda *a, **k: data)
+    monkeypatch.setattr(headline, "trained_model",
+                        lambda name, **k: _toy_mlp() if name == "large-mlp" else _toy_cnn())
+    monkeypatch.setattr(headline, "_layer_benchmark", lambda *a, **k: {
+        "layer": "toy", "rank": 1, "break_even_rank": 1.0, "batch": 1, "dense_ms": 1.0,
+        "factorized_ms": 1.0, "speedup": 1.0, "flop_ratio": 1.0})
+    common = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--no-control",
+              "--methods", "l1_structured"]
+    assert headline.main([*common, "--models", "large-mlp"]) == 0
+    first = json.loads((tmp_path / "headline.json").read_text())
+    for _ in range(2):  # adding the same network twice replaces its rows
+        assert headline.main([*common, "--add", "--models", "small-cnn"]) == 0
+    meta = json.loads((tmp_path / "headline.json").read_text())
+    table = pd.read_csv(tmp_path / "headline.csv")
+    assert [r["model"] for r in meta["rows"]] == ["large-mlp", "small-cnn"] == list(table["model"])
+    assert meta["rows"][0] == first["rows"][0]  # the earlier network's row, timing included
+    assert meta["layer"] == first["layer"] and len(meta["added_runs"]) == 2
+    assert meta["added_runs"][0]["models"] == ["small-cnn"]
+    with pytest.raises(SystemExit, match="same protocol"):
+        headline.main([*common, "--add", "--models", "small-cnn", "--tolerance", "0.02"])
+
+
 def test_retime_needs_earlier_results(smoke, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         headline.main(["--smoke", "--out", str(tmp_path), "--retime"])
@@ -336,3 +359,16 @@ def test_a_residual_network_runs_with_the_group_methods(smoke, data):
         {"mode": "smoke", "rows": table.to_dict(orient="records")},
         dense_models={"toy-resnet": resnet}, data=data, layer=None, num_threads=1, **QUIET)
     assert list(retimed.params) == list(table.params)
+
+
+def test_the_vit_is_benchmarked_with_the_transformer_methods():
+    from pruning_utils.models import build_model
+
+    vit = build_model("vit", seed=0, dim=16, depth=1, heads=2, hidden=16)
+    assert headline._network(vit) == "transformer"
+    names = {m.name for m in headline.benchmark_methods("transformer")}
+    assert {"slice_stream", "prune_heads", "prune_units", "low_rank_energy",
+            "low_rank_data"} <= names
+    assert "pca_weights" not in names
+    fresh = headline.from_scratch_architecture(vit, vit)()  # every tensor re-initialised
+    assert not torch.equal(fresh.embed.position, vit.embed.position)

@@ -16,16 +16,22 @@
 ``GroupFit``               the trace and decompositions behind ``group_prune``, taken once
 ``channel_groups``         which channels additions and concatenations tie together
 ``fold_batchnorm``         merge eval-mode BatchNorm into the preceding Linear / Conv2d
+``slice_stream``           transformer: rotate the residual stream onto its principal axes
+                           and slice it (SliceGPT, Ashkboos et al. 2024)
+``prune_heads``            transformer: keep attention heads chosen by interpolative
+                           decomposition, correction folded into the output projection
+``prune_units``            transformer: keep MLP hidden units by interpolative decomposition
 ``save_pruned``            save a recipe of the new structure plus the state dict
 ``load_pruned``            rebuild the structure (optionally on top of a base model) and load
 =========================  ===========================================================
 
 One file per idea: ``report`` (what a transform did), ``tree`` (finding, walking and
 rebuilding layers), ``transform`` (the skeleton every transform runs through and the
-per-layer-type table), ``factorize``, ``width``, ``groups``, ``randomize``, ``baselines`` (the
-methods) and ``io`` (save and load). Every transform takes the model, then the value that
-says how much to keep, then keyword-only ``data``, ``generator``, ``layers``, ``inplace``;
-works on a deep copy unless ``inplace=True``; and attaches a :class:`PruningReport` to the
+per-layer-type table), ``factorize``, ``width``, ``groups``, ``randomize``, ``baselines``,
+``transformer`` (the methods) and ``io`` (save and load). Every transform takes the
+model, then the value that says how much to keep, then keyword-only ``data``,
+``generator``, ``layers``, ``inplace``; works on a deep copy unless ``inplace=True``; and
+attaches a :class:`PruningReport` to the
 returned model as ``model.pruning_report``.
 """
 
@@ -43,6 +49,16 @@ from pruning_utils.surgery.io import load_pruned, save_pruned
 from pruning_utils.surgery.randomize import randomize
 from pruning_utils.surgery.report import LayerChange, PruningReport
 from pruning_utils.surgery.transform import LAYER_KINDS, SCHEMES, LayerKind, layer_kind
+from pruning_utils.surgery.transformer import (
+    HeadFit,
+    StreamFit,
+    TransformerParts,
+    UnitFit,
+    prune_heads,
+    prune_units,
+    slice_stream,
+    transformer_parts,
+)
 from pruning_utils.surgery.width import PCA_METHODS, WidthFit, fold_batchnorm, pca_prune
 
 __all__ = [
@@ -62,6 +78,14 @@ __all__ = [
     "magnitude_prune",
     "l1_structured_prune",
     "fold_batchnorm",
+    "slice_stream",
+    "StreamFit",
+    "prune_heads",
+    "HeadFit",
+    "prune_units",
+    "UnitFit",
+    "transformer_parts",
+    "TransformerParts",
     "save_pruned",
     "load_pruned",
     "LAYER_KINDS",

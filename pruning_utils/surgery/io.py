@@ -30,7 +30,7 @@ from pruning_utils.surgery.report import PruningReport, primitive
 from pruning_utils.surgery.tree import OUR_LAYERS
 from pruning_utils.validation import check_model
 
-__all__ = ["save_pruned", "load_pruned", "architecture", "from_architecture"]
+__all__ = ["save_pruned", "load_pruned", "architecture", "from_architecture", "register_spec"]
 
 _FORMAT = "pruning_utils.pruned_model"
 _FORMAT_VERSION = 1
@@ -112,6 +112,24 @@ SPEC_ARGS: dict[type[nn.Module], tuple[str, ...]] = {
     ),
 }
 _BY_NAME = {kind.__name__: kind for kind in SPEC_ARGS}
+
+
+def register_spec(kind: type[nn.Module], args: tuple[str, ...]) -> None:
+    """Describe a module type for save/load: its constructor arguments, read from attributes.
+
+    ``kind(**{a: module.a for a in args})`` must rebuild a module of the same structure
+    (its submodules of known types are described, and replaced, on their own). The book's
+    transformer registers its blocks this way (:mod:`pruning_utils.models`).
+    """
+    if not (isinstance(kind, type) and issubclass(kind, nn.Module)):
+        raise TypeError(f"kind must be an nn.Module subclass, got {kind!r}")
+    if not all(isinstance(a, str) for a in args):
+        raise TypeError(f"args must be attribute names (str), got {args!r}")
+    known = _BY_NAME.get(kind.__name__)
+    if known is not None and known is not kind:
+        raise ValueError(f"another module type is already registered as {kind.__name__!r}")
+    SPEC_ARGS[kind] = tuple(args)
+    _BY_NAME[kind.__name__] = kind
 
 
 def _bias_flag(module: nn.Module) -> bool | None:
