@@ -253,6 +253,16 @@ def headline_markdown(meta: Mapping) -> str:
             f" Speedups from the last of {len(meta.get('superseded_timings', []))} "
             "`--retime` runs; 'retimed ÷' is its batch-256 speedup over the previous run's."
         )
+    for added in meta.get("added_runs", []):
+        m = added.get("machine", {})
+        load = m.get("load_before")
+        lines[-1] += (
+            f" Rows of {', '.join(added['models'])} added later with `--add` "
+            f"({added['seconds'] / 60:.0f} minutes"
+            f"{'' if added.get('control', True) else ', without the train-small control'}"
+            f"{'' if load is None else f', load average {load[0]:.2f} before'}), "
+            "timed in that run only."
+        )
     return "\n".join(lines)
 
 

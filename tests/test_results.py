@@ -120,6 +120,16 @@ def test_tables_format_intervals_and_quartiles_from_the_rows():
                     "load_before": [1.0], "load_after": [2.0]}, "seconds": 60})
     assert markdown.startswith("| model |") and markdown.count("\n| ") == len(run["rows"])
     assert "(not within 1 pt on test)" in markdown
+    assert "added later" not in markdown
+    added = results.headline_markdown({**run, "protocol": {
+        "validation_images": 5000, "test_images": 10000, "seeds": [0, 1, 2]},
+        "layer": {"layer": "L", "rank": 1, "batch": 2, "speedup": 3.0, "flop_ratio": 4.0},
+        "machine": {"cpu_model": "cpu", "threads": 2, "blas": {}, "torch": "t",
+                    "load_before": [1.0], "load_after": [2.0]}, "seconds": 60,
+        "added_runs": [{"models": ["vit"], "seconds": 120, "control": False,
+                        "machine": {"load_before": [1.5]}}]})
+    assert ("Rows of vit added later with `--add` (2 minutes, without the train-small control, "
+            "load average 1.50 before), timed in that run only.") in added
 
 
 def test_a_method_pays_only_within_tolerance_and_faster_in_every_timing_run():
