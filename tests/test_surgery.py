@@ -85,7 +85,7 @@ def _assert_same_state(model, state):
 
 
 def _rel_err(a, b):
-    return float((a - b).norm() / b.norm())
+    return float(((a - b).norm() / b.norm()).detach())
 
 
 # ---------------------------------------------------------------------------
