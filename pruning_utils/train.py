@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
 DataArg = Dataset | DataLoader | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -145,6 +146,7 @@ def train(
     batch_size: int = 256,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    schedule: str = "constant",
     seed: int = 0,
     device: str | torch.device | None = None,
     val_data: DataArg | None = None,
@@ -177,6 +179,11 @@ def train(
         ``"adam"`` (default), ``"adamw"``, or ``"sgd"`` (momentum 0.9).
     weight_decay:
         L2 penalty passed to the optimizer.
+    schedule:
+        ``"constant"`` (default: ``lr`` throughout) or ``"cosine"`` (``lr`` decays to 0
+        along half a cosine over all the mini-batches of all ``epochs``, so a run of
+        ``epochs`` ends at a small learning rate; runs of different lengths differ at every
+        step).
     seed:
         Seed of the shuffling order and of the model's own randomness.
     device:
@@ -198,6 +205,7 @@ def train(
     seed = check_seed("seed", seed)
     optimizer = check_choice("optimizer", optimizer, _OPTIMIZERS)
     weight_decay = check_real("weight_decay", weight_decay, lower=0.0)
+    schedule = check_choice("schedule", schedule, SCHEDULES)
     progress = check_bool("progress", progress)
     device = check_device(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -210,6 +218,11 @@ def train(
     opt = _make_optimizer(optimizer, params, lr, weight_decay)
     history = TrainHistory()
     total = epochs * len(loader)
+    decay = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        if schedule == "cosine"
+        else None
+    )
     with seeded(seed, device), tqdm(
         total=total, disable=not progress, desc="train", unit="batch", leave=False
     ) as bar:
@@ -227,6 +240,8 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if decay is not None:
+                    decay.step()
                 loss_sum += loss.detach() * len(labels)
                 correct += (logits.detach().argmax(dim=1) == labels).sum()
                 seen += len(labels)
@@ -309,6 +324,7 @@ def fine_tune(
     lr: float = 1e-4,
     batch_size: int = 256,
     optimizer: str = "adam",
+    schedule: str = "constant",
     seed: int = 0,
     device: str | torch.device | None = None,
     inplace: bool = False,
@@ -331,8 +347,9 @@ def fine_tune(
         Number of epochs (the book uses one).
     lr:
         Learning rate; smaller than for training from scratch (default ``1e-4``).
-    batch_size, optimizer, seed, device, progress:
-        As for :func:`train`.
+    batch_size, optimizer, schedule, seed, device, progress:
+        As for :func:`train` (``schedule="cosine"`` decays ``lr`` to 0 over the
+        ``epochs``).
     inplace:
         Fine-tune ``model`` itself instead of a copy.
 
@@ -351,6 +368,7 @@ def fine_tune(
         lr=lr,
         batch_size=batch_size,
         optimizer=optimizer,
+        schedule=schedule,
         seed=seed,
         device=device,
         progress=progress,

@@ -1,5 +1,6 @@
 """Training, evaluation, fine-tuning and the weights cache."""
 
+import copy
 import importlib
 import json
 import threading
@@ -482,3 +483,31 @@ def test_readers_never_pair_weights_and_sidecar_of_two_writers(tmp_path):
         stop.set()
         thread.join()
     assert sorted(p.name for p in entry.parent.iterdir()) == [".lock", "tiny.json", "tiny.pt"]
+
+
+def test_cosine_schedule_follows_half_a_cosine():
+    # With a tiny learning rate the gradient barely changes, and Adam's first moment over the
+    # root of its second moment is the gradient's sign: a weight with a steady gradient moves
+    # by the sum of the step sizes. Half a cosine over T steps sums to lr·(T + 1)/2 (numpy
+    # oracle below), the constant schedule to lr·T.
+    data = DataLoader(blobs(n=8), batch_size=8)  # one batch: the same gradient every step
+    start = tiny_model().double()
+    lr, steps = 1e-6, 8  # eight epochs of one step each
+    moved = {}
+    for schedule in ("constant", "cosine"):
+        model = copy.deepcopy(start)
+        train(model, data, steps, lr=lr, schedule=schedule, progress=False)
+        moved[schedule] = torch.cat([(p - q).abs().flatten() for p, q in
+                                     zip(model.parameters(), start.parameters(), strict=True)])
+    steady = moved["constant"] > 0.99 * lr * steps  # weights whose gradient kept its sign
+    assert steady.sum() > 50
+    cosine_sum = float(np.sum(lr * (1 + np.cos(np.pi * np.arange(steps) / steps)) / 2))
+    assert cosine_sum == pytest.approx(lr * (steps + 1) / 2)
+    expected = torch.full_like(moved["constant"][steady], lr * steps)
+    assert torch.allclose(moved["constant"][steady], expected, rtol=1e-3)
+    assert torch.allclose(moved["cosine"][steady], expected * cosine_sum / (lr * steps), rtol=1e-2)
+
+
+def test_bad_schedule_names_the_choices():
+    with pytest.raises(ValueError, match="schedule.*constant.*cosine"):
+        train(tiny_model(), blobs(), 1, schedule="linear", progress=False)
