@@ -61,8 +61,10 @@ from pruning_utils.measure import (
     compare_latency,
     count_flops,
     count_params,
+    keep_freed_memory,
     machine_record,
     measure_latency,
+    page_faults,
 )
 from pruning_utils.methods import (
     METHODS,

@@ -151,6 +151,7 @@ class LatencyTable:
         record = machine_record(self.num_threads)
         spec = {
             "cpu": record["cpu_model"], "threads": self.num_threads, "torch": record["torch"],
+            "freed_memory_kept": record["freed_memory_kept"],
             "batch": self.batch_size, "time": self.min_run_time, "fractions": self.fractions,
             "layers": [
                 [use.path, type(self._modules[use.path]).__name__, list(use.input_shape),

@@ -21,10 +21,19 @@ Conventions
   threads only launch kernels): it is recorded as ``None``. A shared machine is noisy, so
   comparisons between models are *interleaved* (:func:`compare_latency`): short
   measurements of A, B, A, B, ... and medians over rounds.
+* **Memory.** Before timing on the CPU, :func:`keep_freed_memory` asks glibc's allocator to
+  keep freed memory in the process. By default it hands large freed blocks back to the
+  operating system, and the next forward pass pays a page fault for every 4 KiB page of
+  its activations, in some processes and not in others, depending on what ran before; a
+  model's time would then depend on the allocator's history. :func:`compare_latency`
+  reports the minor page faults of one call of each model (``faults_per_call``) so that
+  this is visible.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 import platform
@@ -71,7 +80,71 @@ __all__ = [
     "compare_latency",
     "break_even_report",
     "device_name",
+    "keep_freed_memory",
+    "page_faults",
 ]
+
+
+# ----------------------------------------------------------------------------- memory
+
+#: glibc's mallopt parameters (malloc.h) and the value both are set to
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_BYTES = 1 << 30
+_memory_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Ask the C allocator to keep freed memory in the process, so timings pay no page faults.
+
+    glibc's ``malloc`` serves large blocks with ``mmap`` (above a threshold that it raises
+    as the process frees such blocks, up to 32 MiB) and returns the top of its heap to the
+    system when more than a trim threshold is free. A forward pass that allocates an
+    activation of that size then touches fresh pages, one page fault per 4 KiB, and
+    whether it does depends on what the process allocated before. Both thresholds are set
+    to 1 GiB with ``mallopt``: freed activations stay in the process and the next call
+    reuses them. Process-wide and permanent (the process keeps up to 1 GiB it no longer
+    uses); called by :func:`measure_latency` and :func:`compare_latency` before timing on
+    the CPU.
+
+    Returns
+    -------
+    bool
+        Whether the allocator took the setting: ``False`` where the C library is not glibc
+        (macOS, Windows, musl), which is then left as it is.
+    """
+    global _memory_kept
+    if _memory_kept is None:
+        _memory_kept = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                _memory_kept = bool(
+                    libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
+                )
+            except (OSError, AttributeError):
+                _memory_kept = False
+    return _memory_kept
+
+
+def page_faults() -> int | None:
+    """Minor page faults of this process so far (``None`` where the system does not count
+    them): the difference around a call is what the call cost in fresh pages."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
+def _faults_per_call(model: nn.Module, x: torch.Tensor) -> float:
+    """Minor page faults of one forward call (NaN where they are not counted)."""
+    before = page_faults()
+    if before is None:
+        return math.nan
+    with torch.inference_mode():
+        model(x)
+    return float(page_faults() - before)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -323,6 +396,8 @@ def measure_latency(
     threads = _check_threads(num_threads)
     min_run_time = _check_time("min_run_time", min_run_time)
     warmup = check_int("warmup", warmup, lower=0)
+    if device.type == "cpu":
+        keep_freed_memory()
     with eval_mode(model):
         timer = _timer(model, x, device, threads)
         _warm_up(timer, warmup, device)
@@ -387,8 +462,10 @@ def compare_latency(
         One row per model (index ``model``) with columns ``median_s``, ``iqr_s`` (IQR of
         the per-round medians), ``mean_s``, ``speedup`` (``t_ref / t_model``; > 1 is
         faster), ``speedup_iqr`` and its quartiles ``speedup_q1``, ``speedup_q3`` (over the
-        rounds' paired ratios), ``rounds``, ``num_threads`` (``<NA>`` on a GPU),
-        ``batch_size``, ``device`` and ``device_name``.
+        rounds' paired ratios), ``faults_per_call`` (minor page faults of one call after
+        the rounds, NaN where the system does not count them; more than a few hundred
+        means the call touches fresh memory, see :func:`keep_freed_memory`), ``rounds``,
+        ``num_threads`` (``<NA>`` on a GPU), ``batch_size``, ``device`` and ``device_name``.
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty dict {name: nn.Module}")
@@ -408,18 +485,23 @@ def compare_latency(
     warmup = check_int("warmup", warmup, lower=0)
     per_round = total / rounds
 
+    if any(device.type == "cpu" for device in devices.values()):
+        keep_freed_memory()
     per_model: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, float] = {}
     with eval_mode(*models.values()):
-        timers = {}
+        timers, inputs = {}, {}
         for name in names:
-            x = to_model(example_input, models[name])
-            timers[name] = _timer(models[name], x, devices[name], threads)
+            inputs[name] = to_model(example_input, models[name])
+            timers[name] = _timer(models[name], inputs[name], devices[name], threads)
         for name in names:
             _warm_up(timers[name], warmup, devices[name])
         for r in range(rounds):
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
                 per_model[name].append(float(_time_blocks(timers[name], per_round).median))
+        for name in names:
+            faults[name] = _faults_per_call(models[name], inputs[name])
 
     ref = np.asarray(per_model[reference])
     rows = []
@@ -437,6 +519,7 @@ def compare_latency(
                 "speedup_iqr": _iqr(ratios),
                 "speedup_q1": float(np.quantile(ratios, 0.25)),
                 "speedup_q3": float(np.quantile(ratios, 0.75)),
+                "faults_per_call": faults[name],
                 "rounds": rounds,
                 "num_threads": threads if device.type == "cpu" else None,
                 "batch_size": _batch_size(example_input),
@@ -588,10 +671,13 @@ def machine_record(num_threads: int | None = None) -> dict:
     """What a timing depends on: the CPU, torch's threads and BLAS, and the machine's load.
 
     Returns ``{"cpu_model", "cpu_count", "threads", "blas", "torch", "python", "platform",
-    "load_average"}``; ``blas`` is read from ``torch.__config__.show()`` (BLAS library,
-    LAPACK, MKL / oneDNN versions where torch reports them), ``load_average`` is the 1, 5
-    and 15 minute load (``None`` where the system does not report it). Call it before and
-    after a timing run and keep both loads with the results.
+    "load_average", "freed_memory_kept"}``; ``blas`` is read from
+    ``torch.__config__.show()`` (BLAS library, LAPACK, MKL / oneDNN versions where torch
+    reports them), ``load_average`` is the 1, 5 and 15 minute load (``None`` where the
+    system does not report it), ``freed_memory_kept`` whether the allocator keeps freed
+    memory for the timings (:func:`keep_freed_memory`, which this calls, as the timing
+    functions do). Call it before and after a timing run and keep both loads with the
+    results.
     """
     import os
     import platform
@@ -632,4 +718,5 @@ def machine_record(num_threads: int | None = None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": load,
+        "freed_memory_kept": keep_freed_memory(),
     }

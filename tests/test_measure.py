@@ -1,5 +1,6 @@
 """Parameter and FLOP counts against hand formulas; latency measurement; break-even report."""
 
+import copy
 import math
 
 import pandas as pd
@@ -333,3 +334,48 @@ def test_machine_record_names_what_a_timing_depends_on():
     assert load is None or (len(load) == 3 and all(v >= 0 for v in load))
     with pytest.raises(ValueError, match="num_threads"):
         machine_record(0)
+
+
+def test_page_faults_count_fresh_pages():
+    import mmap
+
+    from pruning_utils.measure import page_faults
+
+    if page_faults() is None:
+        pytest.skip("this system does not count page faults")
+    pages = 2048
+    region = mmap.mmap(-1, pages * mmap.PAGESIZE)  # fresh anonymous memory, not yet touched
+    before = page_faults()
+    for k in range(pages):
+        region[k * mmap.PAGESIZE] = 1  # one write per page: one fault per page
+    touched = page_faults() - before
+    region.close()
+    assert pages <= touched < pages + 200
+
+
+def test_freed_memory_is_reused_without_page_faults():
+    import platform
+
+    from pruning_utils.measure import keep_freed_memory, page_faults
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        assert keep_freed_memory() is False
+        return
+    assert keep_freed_memory() is True and keep_freed_memory() is True  # idempotent
+    pages = (64 << 20) // 4096  # a 64 MiB block: above glibc's largest default mmap threshold
+    faults = []
+    for _ in range(20):
+        before = page_faults()
+        torch.ones(64 << 18)  # 64 MiB of float32, written and freed
+        faults.append(page_faults() - before)
+    assert max(faults) < pages + 500  # at most every page once
+    # once the heap has grown to hold the block, it stays: no fresh pages any more
+    assert max(faults[-3:]) < 200, f"freed memory was given back and touched again: {faults}"
+
+
+def test_compare_latency_reports_page_faults_per_call():
+    model = nn.Linear(8, 4)
+    table = compare_latency({"a": model, "b": copy.deepcopy(model)}, torch.randn(16, 8),
+                            rounds=1, min_run_time=0.01, warmup=1)
+    faults = table["faults_per_call"]
+    assert faults.isna().all() or ((faults >= 0) & (faults < 1000)).all()
