@@ -256,12 +256,20 @@ def headline_markdown(meta: Mapping) -> str:
     for added in meta.get("added_runs", []):
         m = added.get("machine", {})
         load = m.get("load_before")
+        # a --retime after the --add keeps the add run's timings of these rows as superseded
+        retimed = sum(1 for s in meta.get("superseded_timings", [])
+                      if any(r.get("model") in added["models"] for r in s.get("rows", [])))
+        control = any(r.get("model") in added["models"]
+                      and str(r.get("method", "")).startswith("from scratch")
+                      for r in meta.get("rows", []))
         lines[-1] += (
             f" Rows of {', '.join(added['models'])} added later with `--add` "
             f"({added['seconds'] / 60:.0f} minutes"
-            f"{'' if added.get('control', True) else ', without the train-small control'}"
+            f"{'' if control else ', without the train-small control'}"
             f"{'' if load is None else f', load average {load[0]:.2f} before'}), "
-            "timed in that run only."
+            + ("timed in that run only." if not retimed else
+               "then timed again with every row by the last `--retime` run." if retimed == 1
+               else f"then timed again with every row by the last {retimed} `--retime` runs.")
         )
     return "\n".join(lines)
 

@@ -130,6 +130,25 @@ def test_tables_format_intervals_and_quartiles_from_the_rows():
                         "machine": {"load_before": [1.5]}}]})
     assert ("Rows of vit added later with `--add` (2 minutes, without the train-small control, "
             "load average 1.50 before), timed in that run only.") in added
+    # a --retime after the add times the added rows again; a control row says it was run
+    vit_row = {"model": "vit", "method": "low rank"}
+    control_row = {"model": "vit", "method": "from scratch (widths of x)"}
+    base = {**run, "protocol": {"validation_images": 5000, "test_images": 10000,
+                                "seeds": [0, 1, 2]},
+            "layer": {"layer": "L", "rank": 1, "batch": 2, "speedup": 3.0, "flop_ratio": 4.0},
+            "seconds": 60, "machine": {"cpu_model": "cpu", "threads": 2, "blas": {}, "torch": "t",
+                                       "load_before": [1.0], "load_after": [2.0]},
+            "added_runs": [{"models": ["vit"], "seconds": 120, "machine": {}}]}
+    retimed = results.headline_markdown({
+        **base, "rows": run["rows"] + [{**MLP_ROWS[0], **vit_row}],
+        "superseded_timings": [{"rows": [{"model": "large-mlp"}]}, {"rows": [vit_row]}]})
+    assert ("Rows of vit added later with `--add` (2 minutes, without the train-small "
+            "control), then timed again with every row by the last `--retime` run.") in retimed
+    twice = results.headline_markdown({
+        **base, "rows": run["rows"] + [{**MLP_ROWS[0], **control_row}],
+        "superseded_timings": [{"rows": [vit_row]}, {"rows": [vit_row]}]})
+    assert ("Rows of vit added later with `--add` (2 minutes), then timed again with every "
+            "row by the last 2 `--retime` runs.") in twice
 
 
 def test_a_method_pays_only_within_tolerance_and_faster_in_every_timing_run():
