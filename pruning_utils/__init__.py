@@ -64,6 +64,7 @@ from pruning_utils.measure import (
     keep_freed_memory,
     machine_record,
     measure_latency,
+    page_fault_probe,
     page_faults,
 )
 from pruning_utils.methods import (

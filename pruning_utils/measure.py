@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import math
 import platform
@@ -82,6 +83,7 @@ __all__ = [
     "device_name",
     "keep_freed_memory",
     "page_faults",
+    "page_fault_probe",
 ]
 
 
@@ -135,6 +137,92 @@ def page_faults() -> int | None:
     except ImportError:  # Windows
         return None
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
+_PROBE = """
+import json, sys, time
+import torch
+from pruning_utils.measure import keep_freed_memory, page_faults
+folder, threads, calls, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+if keep:
+    keep_freed_memory()
+torch.set_num_threads(threads)
+model = torch.load(folder + "/model.pt", weights_only=False).eval()
+x = torch.load(folder + "/input.pt")
+seconds, faults = [], []
+with torch.inference_mode():
+    for _ in range(3):
+        model(x)
+    for _ in range(calls):
+        before, start = page_faults(), time.perf_counter()
+        model(x)
+        seconds.append(time.perf_counter() - start)
+        faults.append(page_faults() - before)
+seconds.sort()
+faults.sort()
+middle = len(seconds) // 2
+print(json.dumps({"median_s": seconds[middle], "faults_per_call": faults[middle]}))
+"""
+
+
+def page_fault_probe(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    keep_memory: bool,
+    num_threads: int | None = None,
+    calls: int = 10,
+) -> dict[str, float]:
+    """Time a CPU model in a fresh Python process whose allocator returns, or keeps, freed memory.
+
+    With ``keep_memory=False`` the process starts with ``MALLOC_MMAP_THRESHOLD_=131072``:
+    glibc then serves every block above 128 KiB with ``mmap`` and gives it back to the
+    system when it is freed, which is what it does, by default, for the blocks above its
+    adjusted threshold (it depends on what the process allocated before). With
+    ``keep_memory=True`` the process calls :func:`keep_freed_memory` first, as every timing
+    function of this module does. After three untimed calls, ``calls`` calls are timed one by
+    one and their minor page faults counted.
+
+    Returns
+    -------
+    dict
+        ``{"median_s", "faults_per_call"}``: medians over the calls.
+
+    Raises
+    ------
+    RuntimeError
+        Where page faults are not counted or the allocator is not glibc (the probe would
+        measure nothing), or when the child process fails (its error is in the message).
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    model = check_model(model)
+    if model_device(model).type != "cpu":
+        raise ValueError("page_fault_probe times CPU models; move the model to the CPU")
+    keep_memory = check_bool("keep_memory", keep_memory)
+    threads = _check_threads(num_threads)
+    calls = check_int("calls", calls, lower=1)
+    x = to_model(_check_input(example_input), model)
+    if page_faults() is None or not keep_freed_memory():
+        raise RuntimeError("page_fault_probe needs Linux with glibc (page faults counted, "
+                           "mallopt available)")
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if not keep_memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(model, os.path.join(folder, "model.pt"))
+        torch.save(x, os.path.join(folder, "input.pt"))
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, folder, str(threads), str(calls),
+             "1" if keep_memory else "0"],
+            env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the probe process failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _faults_per_call(model: nn.Module, x: torch.Tensor) -> float:

@@ -379,3 +379,24 @@ def test_compare_latency_reports_page_faults_per_call():
                             rounds=1, min_run_time=0.01, warmup=1)
     faults = table["faults_per_call"]
     assert faults.isna().all() or ((faults >= 0) & (faults < 1000)).all()
+
+
+def test_page_fault_probe_sees_freed_memory_returned_and_kept():
+    import platform
+
+    from pruning_utils.measure import page_fault_probe
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the probe needs glibc")
+    model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256))
+    x = torch.randn(512, 256)  # activations of 2 MiB (512 × 1024 floats), far above 128 KiB
+    pages = 512 * 1024 * 4 // 4096
+    returned = page_fault_probe(model, x, keep_memory=False, num_threads=1, calls=5)
+    kept = page_fault_probe(model, x, keep_memory=True, num_threads=1, calls=5)
+    assert returned["faults_per_call"] >= pages  # at least the hidden activation's pages, anew
+    assert kept["faults_per_call"] < pages / 10
+    assert returned["median_s"] > 0 and kept["median_s"] > 0
+    with pytest.raises(ValueError, match="calls"):
+        page_fault_probe(model, x, keep_memory=True, calls=0)
+    with pytest.raises(TypeError, match="keep_memory"):
+        page_fault_probe(model, x, keep_memory="yes")
