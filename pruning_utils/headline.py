@@ -35,7 +35,9 @@ The table is printed and written as ``headline.csv`` and ``headline.json`` (with
 protocol, the run's duration and the machine: CPU model, threads, BLAS, load before and
 after) to ``--out`` (default ``<data root>/benchmark``).
 
-Timings are only as good as the machine was quiet. ``--retime`` keeps the choices and the
+Timings are only as good as the machine was quiet, and every timing keeps freed memory in the
+process (:func:`~pruning_utils.measure.keep_freed_memory`) so that no call pays the allocator's
+page faults. ``--retime`` keeps the choices and the
 accuracies of an earlier run in ``--out`` and measures the speedups again: it rebuilds each
 chosen architecture from the dense model (fine-tuning changes weights, not shapes, so the
 timing is the same), checks its parameter count against the table, and times it against
