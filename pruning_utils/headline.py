@@ -74,7 +74,7 @@ from pruning_utils.files import CorruptFileError, atomic_files
 from pruning_utils.layers import LowRankLinear
 from pruning_utils.measure import compare_latency, count_flops, count_params, machine_record
 from pruning_utils.methods import Method, get_method, methods_for
-from pruning_utils.models import SmallCNN, VisionTransformer
+from pruning_utils.models import SmallCNN, SmallResNet, VisionTransformer
 from pruning_utils.nnutils import model_device, seeded
 from pruning_utils.stats import (
     Interval,
@@ -435,14 +435,25 @@ def from_scratch_architecture(dense: nn.Module, pruned: nn.Module) -> Callable[[
     """A factory of fresh models shaped like ``pruned`` (widths) and built like ``dense``.
 
     For a :class:`~pruning_utils.models.SmallCNN` it is a ``SmallCNN`` with the pruned
-    network's channels and hidden width (with its BatchNorm layers, which width pruning
-    folds away); otherwise a copy of ``pruned`` whose every layer is re-initialised.
+    network's channels and hidden width, and for a :class:`~pruning_utils.models.SmallResNet`
+    (one block per stage) a ``SmallResNet`` with the pruned network's stage and inner
+    widths, each with the BatchNorm layers that width pruning folds away; otherwise a copy
+    of ``pruned`` whose every layer is re-initialised.
     """
     convs = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
     linears = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
     if isinstance(dense, SmallCNN) and len(convs) == len(dense.channels) and len(linears) == 2:
         channels, hidden = tuple(convs), linears[0].out_features
         return lambda: SmallCNN(channels=channels, hidden=hidden)
+    if isinstance(dense, SmallResNet) and all(
+            len(getattr(dense, f"layer{s}")) == 1 for s in (1, 2, 3)):
+        named = dict(pruned.named_modules())
+        blocks = [f"layer{s}.0" for s in (1, 2, 3)]
+        if all(f"{b}.conv1" in named and f"{b}.conv2" in named for b in blocks):
+            stages = tuple(named[f"{b}.conv2"].out_channels for b in blocks)
+            inner = tuple(named[f"{b}.conv1"].out_channels for b in blocks)
+            classes = linears[-1].out_features
+            return lambda: SmallResNet(channels=stages, inner=inner, num_classes=classes)
 
     def fresh() -> nn.Module:
         model = copy.deepcopy(pruned)

@@ -280,16 +280,20 @@ class BasicBlock(nn.Module):
         Input and output channels.
     stride:
         Stride of ``conv1`` and of the projection (1 or 2).
+    inner:
+        Output channels of ``conv1`` (the block's inner width, which no shortcut ties);
+        default ``c_out``. A network pruned block by block has its own inner widths.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, inner: int | None = None) -> None:
         super().__init__()
         c_in, c_out = check_int("c_in", c_in), check_int("c_out", c_out)
         stride = check_int("stride", stride, 1, 2)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
+        inner = c_out if inner is None else check_int("inner", inner)
+        self.conv1 = nn.Conv2d(c_in, inner, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(inner, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.relu2 = nn.ReLU()
         self.downsample: nn.Module | None = None
@@ -332,6 +336,10 @@ class SmallResNet(_Sequential):
         Basic blocks per stage (default one each).
     num_classes:
         Number of outputs (default 10).
+    inner:
+        Inner width (``conv1``'s output channels) of the blocks of each stage; default the
+        stage's ``channels``. With it a network of a pruned SmallResNet's widths can be
+        built fresh and trained from scratch.
     """
 
     def __init__(
@@ -339,6 +347,7 @@ class SmallResNet(_Sequential):
         channels: Sequence[int] = SMALL_RESNET_CHANNELS,
         blocks: Sequence[int] = (1, 1, 1),
         num_classes: int = 10,
+        inner: Sequence[int] | None = None,
     ) -> None:
         channels = _check_widths("channels", channels, least=3)
         blocks = _check_widths("blocks", blocks, least=3)
@@ -347,6 +356,9 @@ class SmallResNet(_Sequential):
                 f"channels and blocks must have 3 entries (one per stage), got {channels} "
                 f"and {blocks}"
             )
+        inner = channels if inner is None else _check_widths("inner", inner, least=3)
+        if len(inner) != 3:
+            raise ValueError(f"inner must have 3 entries (one per stage), got {inner}")
         num_classes = check_int("num_classes", num_classes)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["stem"] = nn.Sequential(
@@ -358,11 +370,12 @@ class SmallResNet(_Sequential):
             )
         )
         c_in = channels[0]
-        for stage, (c_out, count) in enumerate(zip(channels, blocks, strict=True), start=1):
+        for stage, (c_out, count, width) in enumerate(zip(channels, blocks, inner, strict=True),
+                                                      start=1):
             stride = 1 if stage == 1 else 2
             stage_blocks = []
             for i in range(count):
-                stage_blocks.append(BasicBlock(c_in, c_out, stride if i == 0 else 1))
+                stage_blocks.append(BasicBlock(c_in, c_out, stride if i == 0 else 1, width))
                 c_in = c_out
             layers[f"layer{stage}"] = nn.Sequential(*stage_blocks)
         layers["pool"] = nn.AdaptiveAvgPool2d(1)
@@ -370,6 +383,7 @@ class SmallResNet(_Sequential):
         layers["fc"] = nn.Linear(c_in, num_classes)
         super().__init__(layers)
         self.channels = tuple(channels)
+        self.inner = tuple(inner)
 
 
 # ----------------------------------------------------------------------------- vision transformer

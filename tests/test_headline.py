@@ -372,3 +372,29 @@ def test_the_vit_is_benchmarked_with_the_transformer_methods():
     assert "pca_weights" not in names
     fresh = headline.from_scratch_architecture(vit, vit)()  # every tensor re-initialised
     assert not torch.equal(fresh.embed.position, vit.embed.position)
+
+
+def test_from_scratch_small_resnet_has_the_pruned_widths_and_batchnorm():
+    """The train-small control of a residual network: a fresh SmallResNet (BatchNorm back in
+    every block) whose every convolution has the width of the pruned network's, with other
+    weights than the pruned network."""
+    from pruning_utils.models import SmallResNet
+    from pruning_utils.surgery import group_prune
+
+    torch.manual_seed(0)
+    dense = SmallResNet(channels=(8, 16, 32)).eval()
+    X = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    pruned = group_prune(dense, keep={"stem.conv": 5 / 8, "layer2.0.conv1": 9 / 16,
+                                      "layer3.0.downsample.conv": 20 / 32}, data=X)
+    fresh = headline.from_scratch_architecture(dense, pruned)()
+    assert isinstance(fresh, SmallResNet) and fresh.channels == (5, 16, 20)
+    assert fresh.inner == (8, 9, 32)
+
+    def conv_shapes(model):
+        return {n: tuple(m.weight.shape) for n, m in model.named_modules()
+                if isinstance(m, nn.Conv2d)}
+
+    assert conv_shapes(fresh) == conv_shapes(pruned)
+    assert isinstance(fresh.layer2[0].bn1, nn.BatchNorm2d)
+    assert not torch.equal(fresh.stem.conv.weight, pruned.stem.conv.weight)
+    assert fresh(X[:2]).shape == (2, 10)

@@ -243,3 +243,24 @@ def test_small_resnet_bad_arguments():
         BasicBlock(4, 4, stride=3)
     with pytest.raises(TypeError):
         SmallResNet(channels=(8, 16.5, 32))
+
+
+def test_small_resnet_inner_widths():
+    """``inner`` sets conv1's outputs (and conv2's inputs) of each stage's blocks; the
+    stage widths, shortcuts and the output are unchanged; the default is the stage width."""
+    torch.manual_seed(0)
+    model = SmallResNet(channels=(8, 16, 32), blocks=(2, 1, 1), inner=(3, 5, 7)).eval()
+    for stage, (width, inner) in enumerate(((8, 3), (16, 5), (32, 7)), start=1):
+        for block in getattr(model, f"layer{stage}"):
+            assert block.conv1.out_channels == inner and block.bn1.num_features == inner
+            assert block.conv2.in_channels == inner and block.conv2.out_channels == width
+    assert model.inner == (3, 5, 7)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert SmallResNet(channels=(8, 16, 32)).inner == (8, 16, 32)
+    assert BasicBlock(4, 6).conv1.out_channels == 6
+    with pytest.raises(ValueError, match="inner must have 3 entries"):
+        SmallResNet(channels=(8, 16, 32), inner=(3, 5, 7, 9))
+    with pytest.raises(ValueError, match="inner"):
+        SmallResNet(channels=(8, 16, 32), inner=(3, 0, 7))
+    with pytest.raises(ValueError, match="inner"):
+        BasicBlock(4, 4, inner=0)
