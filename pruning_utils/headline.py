@@ -4,7 +4,8 @@ Run it with ``python -m pruning_utils.headline`` (``python -m pruning_utils.benc
 the same command; ``--smoke`` for a quick run). ``--models small-resnet --add`` runs the
 ResNet alone and merges its rows into the table already in ``--out``: a network whose
 blocks add feature maps gets the methods that do not need a chain of layers (the group
-methods, low rank, magnitude, randomized im2col) and no train-small control. For the
+methods, low rank, magnitude, randomized im2col); its train-small control is a
+:class:`~pruning_utils.models.SmallResNet` of the pruned widths, BatchNorm included. For the
 LargeMLP and the SmallCNN trained on Fashion-MNIST
 (:func:`~pruning_utils.train.trained_model`) and for every method of the registry
 (:data:`~pruning_utils.methods.METHODS`) that applies to the network and has a grid, it
@@ -679,7 +680,7 @@ def run_benchmark(
             keep(row)
             network_rows.append(row)
             timed.append(_rebuild(row, dense, data.calibration))
-        elif control and not chain:
+        elif control and not (chain or isinstance(dense, SmallResNet)):
             log("  no train-small control: the pruned network folds its BatchNorm into a "
                 "residual architecture that would train from scratch without it")
         elif control:
@@ -872,6 +873,10 @@ def _control_shape(row: Mapping, dense: nn.Module) -> nn.Module:
     if isinstance(dense, SmallCNN):
         channels, hidden = widths[:-2], widths[-2]
         model = SmallCNN(channels=channels, hidden=hidden)
+    elif isinstance(dense, SmallResNet) and len(widths) == len(_widths(dense)) == 10:
+        # stem, then per stage conv1 (inner), conv2 (stage), [projection]; then the classifier
+        model = SmallResNet(channels=(widths[0], widths[4], widths[7]),
+                            inner=(widths[1], widths[3], widths[6]), num_classes=widths[-1])
     else:
         model = copy.deepcopy(dense)
         layers = [m for m in model.modules() if isinstance(m, nn.Linear)]

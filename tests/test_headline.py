@@ -353,8 +353,15 @@ def test_a_residual_network_runs_with_the_group_methods(smoke, data):
         ["toy-resnet"], methods=["group_l1", "group_interpolative", "l1_structured"],
         dense_models={"toy-resnet": resnet}, data=data, layer=None, num_threads=1, **QUIET,
     )
-    assert list(table.method_key) == ["group_l1", "group_interpolative"]  # no chain method
-    assert not table.method.str.contains("from scratch").any()  # no control for it
+    methods = table[~table.method.str.contains("from scratch")]
+    assert list(methods.method_key) == ["group_l1", "group_interpolative"]  # no chain method
+    # the train-small control: a SmallResNet (BatchNorm included) of the most compressed
+    # width-pruning choice within tolerance on validation, its convolutions as wide
+    source = methods[methods.validation_within.astype(bool)].sort_values("params").iloc[0]
+    control = table[table.method.str.contains("from scratch")]
+    assert list(control.method) == [f"from scratch (widths of {source.method})"]
+    assert control.widths.iloc[0] == source.widths
+    assert control.params.iloc[0] > source.params  # + BatchNorm, which the pruned one folds
     retimed, _ = headline.retime_benchmark(
         {"mode": "smoke", "rows": table.to_dict(orient="records")},
         dense_models={"toy-resnet": resnet}, data=data, layer=None, num_threads=1, **QUIET)
