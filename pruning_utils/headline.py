@@ -1073,7 +1073,10 @@ def _merge(earlier: dict, table: pd.DataFrame, meta: dict, models: Sequence[str]
     merged["rows"] = rows
     merged.setdefault("added_runs", []).append({
         key: meta[key] for key in ("seconds", "protocol", "machine", "threads",
-                                   "fine_tune_images", "tolerance")} | {"models": list(models)})
+                                   "fine_tune_images", "tolerance")} | {
+        "models": list(models),
+        # how many --retime runs came before this one: those after it timed its rows again
+        "retimes_before": len(earlier.get("superseded_timings", []))})
     return pd.DataFrame(rows), merged
 
 

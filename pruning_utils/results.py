@@ -253,12 +253,18 @@ def headline_markdown(meta: Mapping) -> str:
             f" Speedups from the last of {len(meta.get('superseded_timings', []))} "
             "`--retime` runs; 'retimed ÷' is its batch-256 speedup over the previous run's."
         )
-    for added in meta.get("added_runs", []):
+    added_runs = meta.get("added_runs", [])
+    for i, added in enumerate(added_runs):
+        if any(set(added["models"]) <= set(later["models"]) for later in added_runs[i + 1:]):
+            continue  # its rows were replaced by a later --add of the same networks
         m = added.get("machine", {})
         load = m.get("load_before")
-        # a --retime after the --add keeps the add run's timings of these rows as superseded
-        retimed = sum(1 for s in meta.get("superseded_timings", [])
-                      if any(r.get("model") in added["models"] for r in s.get("rows", [])))
+        superseded = meta.get("superseded_timings", [])
+        if "retimes_before" in added:  # the --retime runs after this one timed its rows again
+            retimed = len(superseded) - added["retimes_before"]
+        else:  # older files: a --retime after the --add kept these rows' timings as superseded
+            retimed = sum(1 for s in superseded
+                          if any(r.get("model") in added["models"] for r in s.get("rows", [])))
         control = any(r.get("model") in added["models"]
                       and str(r.get("method", "")).startswith("from scratch")
                       for r in meta.get("rows", []))

@@ -334,6 +334,7 @@ def test_add_merges_a_network_into_earlier_results(smoke, data, tmp_path, monkey
     assert merged["rows"][0] == first["rows"][0]  # the earlier row is kept as it was
     assert merged["machine"] == first["machine"] and merged["layer"] == first["layer"]
     assert merged["added_runs"][0]["models"] == ["small-cnn"] and len(layer_runs) == 1
+    assert merged["added_runs"][0]["retimes_before"] == 0  # no --retime ran before it
     assert len(pd.read_csv(tmp_path / "headline.csv")) == 2
     assert headline.main([*base, "--models", "small-cnn", "--add"]) == 0  # replaces its rows
     again = json.loads((tmp_path / "headline.json").read_text())

@@ -149,6 +149,21 @@ def test_tables_format_intervals_and_quartiles_from_the_rows():
         "superseded_timings": [{"rows": [vit_row]}, {"rows": [vit_row]}]})
     assert ("Rows of vit added later with `--add` (2 minutes), then timed again with every "
             "row by the last 2 `--retime` runs.") in twice
+    # vit added, re-timed, added again: only the second add is described, and the --retime
+    # runs before it did not time its rows (the earlier rows of vit did not survive it)
+    again = results.headline_markdown({
+        **base, "rows": run["rows"] + [{**MLP_ROWS[0], **control_row}],
+        "superseded_timings": [{"rows": [vit_row]}, {"rows": [vit_row]}],
+        "added_runs": [{"models": ["vit"], "seconds": 120, "machine": {}, "retimes_before": 0},
+                       {"models": ["vit"], "seconds": 300, "machine": {}, "retimes_before": 2}]})
+    assert again.count("Rows of vit added later") == 1
+    assert "Rows of vit added later with `--add` (5 minutes), timed in that run only." in again
+    once_more = results.headline_markdown({
+        **base, "rows": run["rows"] + [{**MLP_ROWS[0], **vit_row}],
+        "superseded_timings": [{"rows": [vit_row]}, {"rows": [vit_row]}, {"rows": [vit_row]}],
+        "added_runs": [{"models": ["vit"], "seconds": 300, "machine": {}, "retimes_before": 2}]})
+    assert ("(5 minutes, without the train-small control), then timed again with every row by "
+            "the last `--retime` run.") in once_more
 
 
 def test_a_method_pays_only_within_tolerance_and_faster_in_every_timing_run():
