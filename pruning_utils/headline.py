@@ -446,8 +446,7 @@ def from_scratch_architecture(dense: nn.Module, pruned: nn.Module) -> Callable[[
     if isinstance(dense, SmallCNN) and len(convs) == len(dense.channels) and len(linears) == 2:
         channels, hidden = tuple(convs), linears[0].out_features
         return lambda: SmallCNN(channels=channels, hidden=hidden)
-    if isinstance(dense, SmallResNet) and all(
-            len(getattr(dense, f"layer{s}")) == 1 for s in (1, 2, 3)):
+    if _one_block_per_stage(dense):
         named = dict(pruned.named_modules())
         blocks = [f"layer{s}.0" for s in (1, 2, 3)]
         if all(f"{b}.conv1" in named and f"{b}.conv2" in named for b in blocks):
@@ -464,6 +463,13 @@ def from_scratch_architecture(dense: nn.Module, pruned: nn.Module) -> Callable[[
         return model
 
     return fresh
+
+
+def _one_block_per_stage(model: nn.Module) -> bool:
+    """Whether ``model`` is a SmallResNet with one block per stage, the residual network
+    whose pruned widths :func:`from_scratch_architecture` rebuilds with BatchNorm."""
+    return isinstance(model, SmallResNet) and all(
+        len(getattr(model, f"layer{s}")) == 1 for s in (1, 2, 3))
 
 
 def _widths(model: nn.Module) -> list[int]:
@@ -680,7 +686,7 @@ def run_benchmark(
             keep(row)
             network_rows.append(row)
             timed.append(_rebuild(row, dense, data.calibration))
-        elif control and not (chain or isinstance(dense, SmallResNet)):
+        elif control and not (chain or _one_block_per_stage(dense)):
             log("  no train-small control: the pruned network folds its BatchNorm into a "
                 "residual architecture that would train from scratch without it")
         elif control:
@@ -873,7 +879,7 @@ def _control_shape(row: Mapping, dense: nn.Module) -> nn.Module:
     if isinstance(dense, SmallCNN):
         channels, hidden = widths[:-2], widths[-2]
         model = SmallCNN(channels=channels, hidden=hidden)
-    elif isinstance(dense, SmallResNet) and len(widths) == len(_widths(dense)) == 10:
+    elif _one_block_per_stage(dense) and len(widths) == len(_widths(dense)) == 10:
         # stem, then per stage conv1 (inner), conv2 (stage), [projection]; then the classifier
         model = SmallResNet(channels=(widths[0], widths[4], widths[7]),
                             inner=(widths[1], widths[3], widths[6]), num_classes=widths[-1])

@@ -406,3 +406,9 @@ def test_from_scratch_small_resnet_has_the_pruned_widths_and_batchnorm():
     assert isinstance(fresh.layer2[0].bn1, nn.BatchNorm2d)
     assert not torch.equal(fresh.stem.conv.weight, pruned.stem.conv.weight)
     assert fresh(X[:2]).shape == (2, 10)
+    # two blocks in a stage: no SmallResNet to rebuild, the pruned network re-initialised
+    deeper = SmallResNet(channels=(8, 16, 32), blocks=(2, 1, 1)).eval()
+    pruned_deeper = group_prune(deeper, keep={"stem.conv": 5 / 8}, data=X)
+    copy = headline.from_scratch_architecture(deeper, pruned_deeper)()
+    assert isinstance(copy.layer1[0].bn1, nn.Identity)  # BatchNorm stays folded away
+    assert not torch.equal(copy.stem.conv.weight, pruned_deeper.stem.conv.weight)
