@@ -43,7 +43,8 @@ from pruning_utils.models import (
     SMALL_RESNET_CHANNELS,
     build_model,
 )
-from pruning_utils.nnutils import eval_mode, model_device, seeded, to_model
+from pruning_utils.nnutils import eval_mode, model_device, seeded, set_module, to_model
+from pruning_utils.surgery.tree import fold_into
 from pruning_utils.validation import (
     check_bool,
     check_choice,
@@ -132,6 +133,109 @@ def _make_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+# --------------------------------------------------------------------------- BatchNorm while tuning
+
+_STATISTICS_IMAGES = 2048  # inputs that set a restored BatchNorm's starting statistics
+
+
+class _NormalisedConv(nn.Module):
+    """``bn(conv(x))``: a convolution with a BatchNorm restored for fine-tuning."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+def _convs_without_batchnorm(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Paths of the plain ``nn.Conv2d`` layers whose output no ``nn.BatchNorm2d`` reads directly.
+
+    One forward pass on ``example`` finds them: a convolution counts as normalised when the
+    tensor it returns (the same object) is the input of a BatchNorm2d.
+    """
+    convs = {name: m for name, m in model.named_modules() if type(m) is nn.Conv2d}
+    outputs: list[tuple[torch.Tensor, str]] = []
+    normalised: set[str] = set()
+
+    def produced(name: str):
+        def hook(_module, _inputs, output):
+            outputs.append((output, name))
+
+        return hook
+
+    def read(_module, inputs):
+        normalised.update(name for out, name in outputs if out is inputs[0])
+
+    handles = [m.register_forward_hook(produced(name)) for name, m in convs.items()]
+    handles += [m.register_forward_pre_hook(read) for m in model.modules()
+                if type(m) is nn.BatchNorm2d]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name in convs if name not in normalised]
+
+
+def _restore_batchnorm(model: nn.Module, loader: DataLoader) -> list[str]:
+    """Put a BatchNorm2d after every convolution that lacks one, as an identity in eval mode.
+
+    Each new BatchNorm starts from its convolution's output statistics on up to
+    ``_STATISTICS_IMAGES`` inputs of ``loader`` (running mean ``μ``, running variance
+    ``σ²``) with ``γ = √(σ² + ε)`` and ``β = μ``, so ``bn(y) = y`` in eval mode and nearly so
+    on a training batch. Returns the paths of the convolutions given one (changes ``model``).
+    """
+    inputs = []
+    for batch_inputs, _labels in loader:
+        inputs.append(batch_inputs)
+        if sum(len(x) for x in inputs) >= _STATISTICS_IMAGES:
+            break
+    inputs = to_model(torch.cat(inputs)[:_STATISTICS_IMAGES], model)
+    names = _convs_without_batchnorm(model, inputs[:8])
+    if not names:
+        return names
+    sums: dict[str, list[torch.Tensor]] = {}
+
+    def moments(name: str):
+        def hook(_module, _inputs, output):
+            y = output.detach().to(torch.float64).transpose(0, 1).reshape(output.shape[1], -1)
+            sums[name] = [y.mean(dim=1), y.var(dim=1, unbiased=False)]
+
+        return hook
+
+    convs = {name: model.get_submodule(name) for name in names}
+    handles = [conv.register_forward_hook(moments(name)) for name, conv in convs.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, conv in convs.items():
+        mean, var = sums[name]
+        bn = nn.BatchNorm2d(conv.out_channels).to(conv.weight.device, conv.weight.dtype)
+        bn.train(conv.training)
+        with torch.no_grad():
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.weight.copy_(torch.sqrt(var + bn.eps))
+            bn.bias.copy_(mean)
+        set_module(model, name, _NormalisedConv(conv, bn))
+    return names
+
+
+def _fold_restored_batchnorm(model: nn.Module, names: list[str]) -> None:
+    """Fold each restored BatchNorm (running statistics) into its convolution and unwrap it."""
+    for name in names:
+        wrapper = model.get_submodule(name)
+        fold_into(wrapper.conv, wrapper.bn)
+        set_module(model, name, wrapper.conv)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -325,6 +429,7 @@ def fine_tune(
     batch_size: int = 256,
     optimizer: str = "adam",
     schedule: str = "constant",
+    batchnorm: bool = False,
     seed: int = 0,
     device: str | torch.device | None = None,
     inplace: bool = False,
@@ -350,6 +455,16 @@ def fine_tune(
     batch_size, optimizer, schedule, seed, device, progress:
         As for :func:`train` (``schedule="cosine"`` decays ``lr`` to 0 over the
         ``epochs``).
+    batchnorm:
+        Fine-tune with a BatchNorm after every convolution that lacks one, then fold it
+        back. Pruning that folds BatchNorm into the convolutions (the width methods) leaves
+        a CNN that trains without normalisation; with ``batchnorm=True`` each plain
+        ``nn.Conv2d`` whose output no ``nn.BatchNorm2d`` reads gets one for the duration of
+        the fine-tuning, starting as the identity (its statistics measured on up to 2,048
+        inputs of ``data``), and the trained BatchNorm is folded into the convolution
+        afterwards, so the returned model has the modules, shapes and speed of ``model``.
+        The paths of those convolutions are kept as ``.fine_tune_batchnorm``. A model
+        without a plain ``nn.Conv2d`` is an error.
     inplace:
         Fine-tune ``model`` itself instead of a copy.
 
@@ -360,20 +475,35 @@ def fine_tune(
     """
     model = check_model(model)
     inplace = check_bool("inplace", inplace)
+    batchnorm = check_bool("batchnorm", batchnorm)
+    if batchnorm and not any(type(m) is nn.Conv2d for m in model.modules()):
+        raise ValueError(
+            "batchnorm=True restores BatchNorm after convolutions, and the model has no "
+            "nn.Conv2d; use batchnorm=False"
+        )
     tuned = model if inplace else copy.deepcopy(model)
-    history = train(
-        tuned,
-        data,
-        epochs,
-        lr=lr,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        schedule=schedule,
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
+    restored: list[str] = []
+    if batchnorm:
+        loader = _as_loader(data, batch_size, shuffle=False, seed=seed, name="data")
+        restored = _restore_batchnorm(tuned, loader)
+    try:
+        history = train(
+            tuned,
+            data,
+            epochs,
+            lr=lr,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            schedule=schedule,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+    finally:  # an interrupted run still leaves an in-place model with its own modules
+        _fold_restored_batchnorm(tuned, restored)
     tuned.fine_tune_history = history
+    if batchnorm:
+        tuned.fine_tune_batchnorm = tuple(restored)
     return tuned
 
 

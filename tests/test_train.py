@@ -511,3 +511,103 @@ def test_cosine_schedule_follows_half_a_cosine():
 def test_bad_schedule_names_the_choices():
     with pytest.raises(ValueError, match="schedule.*constant.*cosine"):
         train(tiny_model(), blobs(), 1, schedule="linear", progress=False)
+
+
+# --------------------------------------------------------------------------- BatchNorm while tuning
+
+
+class SkipNet(nn.Module):
+    """Two convolutions without BatchNorm, one with, and a residual addition."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.normed = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        y = torch.relu(y + self.conv(y))
+        y = torch.relu(self.bn(self.normed(y)))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def images(n=192, seed=0):
+    """Noisy images whose label is their brightness level (0, 1 or 2)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    x = torch.randn(n, 1, 9, 9, generator=g) + 1.5 * labels.view(-1, 1, 1, 1)
+    return TensorDataset(x, labels)
+
+
+def skip_net(seed=0):
+    torch.manual_seed(seed)
+    net = SkipNet()
+    with torch.no_grad():  # statistics that a BatchNorm fold must carry
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+    return net.eval()
+
+
+def test_restored_batchnorm_starts_as_the_identity_and_folds_back_exactly():
+    net = skip_net()
+    x = images().tensors[0]
+    loader = DataLoader(images(), batch_size=64)
+    wrapped = copy.deepcopy(net)
+    names = train_module._restore_batchnorm(wrapped, loader)
+    assert names == ["stem", "conv"]  # "normed" already feeds a BatchNorm
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), net(x), rtol=1e-5, atol=1e-5)
+        for name in names:  # a trained BatchNorm: any statistics and affine terms
+            bn = wrapped.get_submodule(name).bn
+            for tensor in (bn.running_mean, bn.weight, bn.bias):
+                tensor.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    oracle = {name: torch.nn.utils.fusion.fuse_conv_bn_eval(
+        copy.deepcopy(wrapped.get_submodule(name).conv), wrapped.get_submodule(name).bn)
+        for name in names}
+    expected = wrapped(x).detach()
+    train_module._fold_restored_batchnorm(wrapped, names)
+    assert [type(m) for m in wrapped.modules()] == [type(m) for m in net.modules()]
+    torch.testing.assert_close(wrapped(x).detach(), expected, rtol=1e-5, atol=1e-5)
+    for name, conv in oracle.items():
+        torch.testing.assert_close(wrapped.get_submodule(name).weight, conv.weight)
+        torch.testing.assert_close(wrapped.get_submodule(name).bias, conv.bias)
+
+
+def test_fine_tune_with_batchnorm_returns_the_same_modules_trained():
+    net = skip_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    data = images()
+    tuned = fine_tune(net, data, 3, lr=1e-2, batch_size=16, batchnorm=True, progress=False)
+    assert tuned.fine_tune_batchnorm == ("stem", "conv")
+    assert [type(m) for m in tuned.modules()] == [type(m) for m in net.modules()]
+    # a convolution without a bias gains one (the folded shift); the rest keeps its shapes
+    assert set(tuned.state_dict()) == set(net.state_dict()) | {"stem.bias"}
+    assert all(tuned.state_dict()[k].shape == v.shape for k, v in before.items())
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert not tuned.training
+    assert evaluate(tuned, data) > evaluate(net, data) + 0.3
+    # nothing to restore: the same run as without the option
+    plain = fine_tune(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(),
+                                    nn.LazyLinear(3)), data, 1, batchnorm=True, progress=False)
+    assert plain.fine_tune_batchnorm == ()
+
+
+def test_fine_tune_with_batchnorm_and_a_tiny_rate_keeps_the_function():
+    """Restore, train with lr → 0, fold: only the running statistics move (a few %)."""
+    net = skip_net()
+    x = images().tensors[0]
+    tuned = fine_tune(net, images(), 1, lr=1e-12, batchnorm=True, progress=False)
+    with torch.no_grad():
+        gap = (tuned(x) - net(x)).abs().max() / net(x).abs().max()
+    assert gap < 0.05, gap
+
+
+def test_fine_tune_batchnorm_bad_values():
+    with pytest.raises(TypeError, match="batchnorm"):
+        fine_tune(skip_net(), images(), 1, batchnorm="yes", progress=False)
+    with pytest.raises(ValueError, match="batchnorm=True .* no nn.Conv2d"):
+        fine_tune(tiny_model(), blobs(), 1, batchnorm=True, progress=False)
