@@ -200,12 +200,15 @@ def _restore_batchnorm(model: nn.Module, loader: DataLoader) -> list[str]:
     names = _convs_without_batchnorm(model, inputs[:8])
     if not names:
         return names
-    sums: dict[str, list[torch.Tensor]] = {}
+    # per channel: count, sum and sum of squares, in float64, one loader-sized chunk at a time
+    sums: dict[str, list] = {name: [0, 0.0, 0.0] for name in names}
 
     def moments(name: str):
         def hook(_module, _inputs, output):
             y = output.detach().to(torch.float64).transpose(0, 1).reshape(output.shape[1], -1)
-            sums[name] = [y.mean(dim=1), y.var(dim=1, unbiased=False)]
+            sums[name][0] += y.shape[1]
+            sums[name][1] = sums[name][1] + y.sum(dim=1)
+            sums[name][2] = sums[name][2] + (y * y).sum(dim=1)
 
         return hook
 
@@ -213,12 +216,15 @@ def _restore_batchnorm(model: nn.Module, loader: DataLoader) -> list[str]:
     handles = [conv.register_forward_hook(moments(name)) for name, conv in convs.items()]
     try:
         with eval_mode(model), torch.no_grad():
-            model(inputs)
+            for chunk in inputs.split(loader.batch_size or len(inputs)):
+                model(chunk)
     finally:
         for handle in handles:
             handle.remove()
     for name, conv in convs.items():
-        mean, var = sums[name]
+        n, total, squares = sums[name]
+        mean = total / n
+        var = (squares / n - mean * mean).clamp(min=0.0)
         bn = nn.BatchNorm2d(conv.out_channels).to(conv.weight.device, conv.weight.dtype)
         bn.train(conv.training)
         with torch.no_grad():
