@@ -19,9 +19,12 @@ one width per channel group of a :class:`~pruning_utils.surgery.GroupFit`:
    predicted second saved, until the prediction meets the target.
 4. **Measurement.** The pruned network and the reference are timed in one interleaved
    :func:`~pruning_utils.measure.compare_latency` call. If the measured speedup misses the
-   target by more than ``tolerance``, the target of the prediction is corrected by the
-   ratio and the allocation repeated (at most ``rounds`` times): the table predicts the
-   layers well, the rest of the network only roughly.
+   target by more than ``tolerance`` (with ``at_least``: falls below it, or above it by
+   more than ``tolerance``), the target of the prediction is corrected by the ratio, kept
+   between the aims already seen to land too low and too high, and the allocation repeated
+   (at most ``rounds`` times): the table predicts the layers well, the rest of the network
+   only roughly, and a step of channels in a layer at full resolution moves the measured
+   time by more than the step suggests.
 """
 
 from __future__ import annotations
@@ -341,6 +344,16 @@ class BudgetResult:
         return self.speedup / self.target - 1
 
 
+def _closer(reached: float, best: float, target: float, at_least: bool) -> bool:
+    """Whether a round that measured ``reached`` is a better answer than one that measured
+    ``best``: nearer the target, or with ``at_least`` at or above it and the slower of two."""
+    if not at_least:
+        return abs(reached / target - 1) < abs(best / target - 1)
+    if (reached >= target) != (best >= target):
+        return reached >= target
+    return reached < best if reached >= target else reached > best
+
+
 def latency_budget(
     fit: GroupFit,
     speedup: float,
@@ -349,6 +362,7 @@ def latency_budget(
     example_input: torch.Tensor,
     table: LatencyTable | None = None,
     tolerance: float = 0.05,
+    at_least: bool = False,
     rounds: int = 3,
     timing_rounds: int = 5,
     min_run_time: float | None = None,
@@ -377,6 +391,11 @@ def latency_budget(
         measured time.
     tolerance:
         Accept the measured speedup within this relative distance of the target.
+    at_least:
+        Accept only a measured speedup of at least the target, up to ``(1 + tolerance)``
+        times it: the corrections then aim at the middle of that window, and the round
+        returned is the slowest one at or above the target (if no round reached it, the
+        fastest). Use it when the target is a floor, as in "at least 2× faster".
     rounds:
         Most allocations (the first, then corrections).
     timing_rounds, min_run_time, num_threads:
@@ -393,6 +412,8 @@ def latency_budget(
     check_model(reference, "reference")
     tolerance = check_real("tolerance", tolerance, lower=0.0, include_lower=False)
     rounds = check_int("rounds", rounds)
+    if not isinstance(at_least, bool):
+        raise TypeError(f"at_least must be True or False, got {at_least!r}")
     batch = int(example_input.shape[0])
     if table is None:
         table = LatencyTable(fit, batch, num_threads=num_threads)
@@ -405,7 +426,12 @@ def latency_budget(
     table.calibrate(float(base.loc["full", "median_s"]))
     folding = float(base.loc["full", "speedup"])  # the folded network over the reference
     full_seconds = table.predict({})
-    aim = speedup
+    # the window of accepted speedups, and the speedup the corrections aim at
+    low, high = (speedup, speedup * (1 + tolerance)) if at_least else (
+        speedup * (1 - tolerance), speedup * (1 + tolerance))
+    goal = (low + high) / 2 if at_least else speedup
+    aim = goal
+    below, above = 0.0, math.inf
     history, best = [], None
     for r in range(rounds):
         widths = allocate_widths(fit, table, full_seconds * folding / aim)
@@ -417,12 +443,19 @@ def latency_budget(
                         "predicted": folding * full_seconds / table.predict(widths),
                         "measured": reached, "q1": float(measured["speedup_q1"]),
                         "q3": float(measured["speedup_q3"])})
-        if best is None or abs(reached / speedup - 1) < abs(best[2]["speedup"] / speedup - 1):
+        if best is None or _closer(reached, float(best[2]["speedup"]), speedup, at_least):
             best = (model, widths, measured)
-        if abs(reached / speedup - 1) <= tolerance:
+        if low <= reached <= high:
             break
-        aim = aim * speedup / reached
-    model, widths, measured = best  # the round closest to the target
+        # the aims known to land below and above the window bound the next one
+        if reached < low:
+            below = max(below, aim)
+        else:
+            above = min(above, aim)
+        aim = aim * goal / reached
+        if not below < aim < above:
+            aim = math.sqrt(below * above) if below > 0 and math.isfinite(above) else aim
+    model, widths, measured = best
     error = float(sum(fit.residuals(name)[k] for name, k in widths.items()))
     return BudgetResult(
         model=model, target=speedup, speedup=float(measured["speedup"]),

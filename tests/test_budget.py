@@ -106,3 +106,48 @@ def test_latency_budget_contract(fit, table):
         latency_budget(net, 2.0, reference=net, example_input=x)
     with pytest.raises(ValueError, match="fractions must include 1.0"):
         LatencyTable(fit, 8, fractions=(0.5,), cache=False)
+
+
+
+def test_at_least_keeps_a_floor_and_aims_inside_the_window(fit, table, monkeypatch):
+    """With ``at_least`` a round below the target is never returned while one at or above it
+    exists, and the corrections aim at the middle of [target, target·(1 + tolerance)]: checked
+    with a timing stub that measures every network 10 % slower than the table predicts, so that
+    aiming at the target itself lands below it."""
+    import pandas as pd
+
+    import pruning_utils.budget as budget
+
+    net = fit._model
+    x = torch.randn(8, 1, 28, 28)
+    full = 1.5 * sum(table.layer_seconds({}).values())  # the rest: half the layers' time
+
+    def stub(models, example_input, **timing):
+        speedups = {name: 1.0 if name in ("reference", "full") else
+                    0.9 * table.predict({}) / table.predict(
+                        model.pruning_report.settings["widths"])
+                    for name, model in models.items()}
+        return pd.DataFrame({"median_s": [full / s for s in speedups.values()],
+                             "speedup": list(speedups.values()),
+                             "speedup_q1": list(speedups.values()),
+                             "speedup_q3": list(speedups.values())}, index=list(speedups))
+
+    monkeypatch.setattr(budget, "compare_latency", stub)
+    saved = table.rest_seconds
+    try:
+        plain = latency_budget(fit, 1.2, reference=net, example_input=x, table=table,
+                               rounds=1, tolerance=0.1)
+        floor = latency_budget(fit, 1.2, reference=net, example_input=x, table=table,
+                               rounds=6, tolerance=0.1, at_least=True)
+    finally:
+        table.rest_seconds = saved
+    assert plain.rounds["aimed"].iloc[0] == pytest.approx(1.2)
+    assert floor.rounds["aimed"].iloc[0] == pytest.approx(1.2 * 1.05)
+    measured = floor.rounds["measured"].tolist()
+    assert any(m >= 1.2 for m in measured), floor.rounds
+    # the slowest round at or above the target is the one returned; it ends the search only
+    # inside the window
+    assert floor.speedup == min(m for m in measured if m >= 1.2)
+    assert all(not 1.2 <= m <= 1.32 for m in measured[:-1])
+    with pytest.raises(TypeError, match="at_least"):
+        latency_budget(fit, 1.2, reference=net, example_input=x, table=table, at_least=1)
