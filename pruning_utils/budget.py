@@ -276,16 +276,22 @@ def allocate_widths(
     seconds: float,
     *,
     steps: int = 32,
+    multiple_of: int = 1,
 ) -> dict[str, int]:
     """Widths whose predicted time is at most ``seconds``, chosen greedily on error per second.
 
     Start from every channel; repeatedly remove, from the group where it costs the least
     estimated error (:meth:`~pruning_utils.surgery.GroupFit.residuals`) per predicted second
     saved, a step of ``⌈m / steps⌉`` channels, until ``table.predict(widths) <= seconds`` or
-    no step saves time. Returns ``{group name: k}`` for every prunable group.
+    no step saves time. With ``multiple_of`` every pruned width is a multiple of it (the step
+    ends on the next multiple below; a group of at most ``multiple_of`` channels stays whole):
+    CPU convolution kernels work on blocks of channels (16 floats on AVX-512), and a width
+    just above a block boundary costs nearly a whole extra block. Returns ``{group name: k}``
+    for every prunable group.
     """
     seconds = check_real("seconds", seconds, lower=0.0, include_lower=False)
     steps = check_int("steps", steps)
+    multiple_of = check_int("multiple_of", multiple_of)
     widths = {name: fit.group_width(name) for name in fit.prunable}
     tails = {name: fit.residuals(name).numpy() for name in fit.prunable}
     now = table.predict(widths)
@@ -293,13 +299,14 @@ def allocate_widths(
         best, best_ratio, best_time = None, math.inf, now
         for name, k in widths.items():
             step = max(1, math.ceil(fit.group_width(name) / steps))
-            if k - step < 1:
+            smaller = (k - step) // multiple_of * multiple_of
+            if smaller < 1:
                 continue
-            trial = {**widths, name: k - step}
+            trial = {**widths, name: smaller}
             saved = now - table.predict(trial)
             if saved <= 0:
                 continue
-            ratio = (tails[name][k - step] - tails[name][k]) / saved
+            ratio = (tails[name][smaller] - tails[name][k]) / saved
             if ratio < best_ratio:
                 best, best_ratio, best_time = trial, ratio, now - saved
         if best is None:
@@ -363,6 +370,7 @@ def latency_budget(
     table: LatencyTable | None = None,
     tolerance: float = 0.05,
     at_least: bool = False,
+    multiple_of: int = 1,
     rounds: int = 3,
     timing_rounds: int = 5,
     min_run_time: float | None = None,
@@ -396,6 +404,8 @@ def latency_budget(
         times it: the corrections then aim at the middle of that window, and the round
         returned is the slowest one at or above the target (if no round reached it, the
         fastest). Use it when the target is a floor, as in "at least 2× faster".
+    multiple_of:
+        Every pruned width a multiple of it (:func:`allocate_widths`).
     rounds:
         Most allocations (the first, then corrections).
     timing_rounds, min_run_time, num_threads:
@@ -412,6 +422,7 @@ def latency_budget(
     check_model(reference, "reference")
     tolerance = check_real("tolerance", tolerance, lower=0.0, include_lower=False)
     rounds = check_int("rounds", rounds)
+    multiple_of = check_int("multiple_of", multiple_of)
     if not isinstance(at_least, bool):
         raise TypeError(f"at_least must be True or False, got {at_least!r}")
     batch = int(example_input.shape[0])
@@ -434,7 +445,8 @@ def latency_budget(
     below, above = 0.0, math.inf
     history, best = [], None
     for r in range(rounds):
-        widths = allocate_widths(fit, table, full_seconds * folding / aim)
+        widths = allocate_widths(fit, table, full_seconds * folding / aim,
+                                 multiple_of=multiple_of)
         model = fit.prune(widths=widths)
         measured = compare_latency({"reference": reference, "pruned": model}, example_input,
                                    **timing).loc["pruned"]

@@ -84,6 +84,19 @@ def test_allocation_meets_the_prediction_and_prefers_cheap_error(fit, table):
     def error(w):
         return sum(float(fit.residuals(n)[k]) for n, k in w.items())
     assert error(widths) < error(uniform)
+    # widths in multiples of 4: a group of 4 channels stays whole, every other pruned width is
+    # a multiple, and the prediction is still met (the groups have 4, 8 and 16 channels)
+    aligned = allocate_widths(fit, table, 0.7 * full, multiple_of=4)
+    assert table.predict(aligned) <= 0.7 * full
+    for name, k in aligned.items():
+        m = fit.group_width(name)
+        assert k == m or (k % 4 == 0 and 4 <= k < m), (name, k, m)
+    assert any(k < fit.group_width(n) for n, k in aligned.items())
+    # nothing can be cut in blocks wider than every group
+    assert allocate_widths(fit, table, 0.7 * full, multiple_of=64) == {
+        n: fit.group_width(n) for n in fit.prunable}
+    with pytest.raises(ValueError, match="multiple_of"):
+        allocate_widths(fit, table, 0.7 * full, multiple_of=0)
     table.seconds = measured
 
 
