@@ -465,8 +465,8 @@ def latency_budget(
         else:
             above = min(above, aim)
         aim = aim * goal / reached
-        if not below < aim < above:
-            aim = math.sqrt(below * above) if below > 0 and math.isfinite(above) else aim
+        if not below < aim < above and below > 0 and math.isfinite(above):
+            aim = math.sqrt(below * above)
     model, widths, measured = best
     error = float(sum(fit.residuals(name)[k] for name, k in widths.items()))
     return BudgetResult(
